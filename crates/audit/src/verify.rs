@@ -1,0 +1,104 @@
+use std::path::Path;
+
+use gatehouse_keys::Keys;
+use gatehouse_store::Store;
+use serde::Serialize;
+
+use crate::chain::{chain_mac, read_head};
+
+const PAGE: usize = 2048;
+
+/// The outcome of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    /// Events checked and found good, in chain order.
+    pub events: i64,
+    /// The sequence number of the first bad or missing event.
+    pub first_bad: Option<i64>,
+    pub problem: Option<String>,
+}
+
+impl VerifyReport {
+    /// `ok: N events`, or `bad: event S: problem`, as `gatehouse audit verify` prints it.
+    pub fn line(&self) -> String {
+        match (&self.first_bad, &self.problem) {
+            (Some(seq), Some(p)) => format!("bad: event {seq}: {p}"),
+            (None, Some(p)) => format!("bad: {p}"),
+            _ => format!("ok: {} events", self.events),
+        }
+    }
+
+    fn bad(events: i64, seq: Option<i64>, problem: String) -> Self {
+        VerifyReport { ok: false, events, first_bad: seq, problem: Some(problem) }
+    }
+}
+
+/// Walks the whole chain in the store and checks it against the head file at `head_path`.
+/// Detects an edited event (its MAC no longer matches), a deleted one (a gap in the sequence),
+/// reordered events (MACs cover the sequence number and the previous MAC) and deleted newest
+/// events (the head records more than the store holds).
+pub async fn verify(store: &dyn Store, keys: &Keys, head_path: &Path) -> Result<VerifyReport, String> {
+    // The head is read first: events committed while we walk only make it older, never newer.
+    let head = read_head(head_path)?;
+    let mut expected = 1i64;
+    let mut prev = vec![0u8; 32];
+    let mut head_seen = false;
+    loop {
+        let page = store.events_after(expected - 1, PAGE).await.map_err(|e| e.to_string())?;
+        if page.is_empty() {
+            break;
+        }
+        for e in &page {
+            if e.seq != expected {
+                let problem = if e.seq > expected {
+                    if e.seq == expected + 1 {
+                        "missing (deleted from the store)".to_string()
+                    } else {
+                        format!("missing, with the {} events after it (deleted from the store)", e.seq - expected - 1)
+                    }
+                } else {
+                    "out of sequence".to_string()
+                };
+                return Ok(VerifyReport::bad(expected - 1, Some(expected), problem));
+            }
+            let mac = chain_mac(keys, &prev, e.seq, e.ts, e.session_id.as_deref(), &e.kind, &e.payload);
+            if mac.as_slice() != e.mac.as_slice() {
+                return Ok(VerifyReport::bad(
+                    expected - 1,
+                    Some(e.seq),
+                    format!("{} event does not match its MAC (edited, reordered or forged)", e.kind),
+                ));
+            }
+            if let Some(h) = &head {
+                if h.seq == e.seq {
+                    head_seen = true;
+                    if hex::encode(&e.mac) != h.mac {
+                        return Ok(VerifyReport::bad(
+                            expected - 1,
+                            Some(e.seq),
+                            "does not match the chain head kept outside the store (replaced)".into(),
+                        ));
+                    }
+                }
+            }
+            prev = e.mac.clone();
+            expected += 1;
+        }
+    }
+    let count = expected - 1;
+    match head {
+        Some(h) if h.seq > count => Ok(VerifyReport::bad(
+            count,
+            Some(count + 1),
+            format!("missing: the chain head records {} events but the store ends at {count} (newest events deleted)", h.seq),
+        )),
+        Some(_) if !head_seen && count > 0 => Ok(VerifyReport::bad(count, None, "the chain head does not match the store".into())),
+        None if count > 0 => Ok(VerifyReport::bad(
+            count,
+            None,
+            format!("the chain head file {} is missing; the newest events cannot be checked", head_path.display()),
+        )),
+        _ => Ok(VerifyReport { ok: true, events: count, first_bad: None, problem: None }),
+    }
+}

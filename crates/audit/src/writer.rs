@@ -1,0 +1,208 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use gatehouse_keys::Keys;
+use gatehouse_store::{AuditBatch, SessionChange, Store, StoredEvent};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::chain::{ChainHead, chain_mac, write_head};
+use crate::{AuditError, now_ms};
+
+/// Most events committed in one batch.
+const MAX_BATCH: usize = 4096;
+/// Requests waiting for the writer before new ones are turned away.
+const QUEUE: usize = 65_536;
+
+/// How often committed events are also forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every batch is forced to disk before its callers proceed (the default).
+    EveryBatch,
+    /// Events are committed to the store's log (they survive the gateway being killed) and
+    /// reach the disk when the operating system writes them back.
+    Off,
+}
+
+/// One event to record. `payload` must be a JSON object; it is stored exactly as serialised.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub session_id: Option<String>,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    /// What this event does to the sessions table, committed in the same batch.
+    pub session_change: Option<SessionChange>,
+}
+
+struct Job {
+    entries: Vec<Entry>,
+    reply: oneshot::Sender<Result<Vec<i64>, AuditError>>,
+}
+
+/// Counters for metrics and `/readyz`.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub queued: AtomicUsize,
+    pub batches: AtomicU64,
+    pub events: AtomicU64,
+    pub failures: AtomicU64,
+    pub last_commit_micros: AtomicU64,
+}
+
+/// The single writer of the audit trail. Cloning shares the same writer.
+#[derive(Debug, Clone)]
+pub struct AuditWriter {
+    tx: mpsc::Sender<Job>,
+    stats: Arc<WriterStats>,
+}
+
+impl AuditWriter {
+    /// Starts the writer task. It continues the chain from the newer of the store's last event
+    /// and the chain head file (so events deleted from the store stay a detectable gap), and
+    /// stops once every `AuditWriter` clone is dropped and the queue is drained.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        keys: Arc<Keys>,
+        head_path: PathBuf,
+        fsync: FsyncPolicy,
+    ) -> Result<(AuditWriter, tokio::task::JoinHandle<()>), AuditError> {
+        let last = store.last_event().await.map_err(|e| AuditError::Unavailable(e.to_string()))?;
+        let head = crate::read_head(&head_path).map_err(AuditError::Unavailable)?;
+        let (mut seq, mut prev) = last.unwrap_or((0, vec![0u8; 32]));
+        if let Some(h) = head {
+            if h.seq > seq {
+                tracing::error!(
+                    store_last = seq,
+                    head = h.seq,
+                    "the audit chain head is ahead of the store: events were deleted; continuing after the head so the gap stays visible"
+                );
+                seq = h.seq;
+                prev = hex::decode(&h.mac).unwrap_or_else(|_| vec![0u8; 32]);
+            }
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let stats = Arc::new(WriterStats::default());
+        let task = Task { store, keys, head_path, fsync, seq, prev, stats: stats.clone() };
+        let handle = tokio::spawn(task.run(rx));
+        Ok((AuditWriter { tx, stats }, handle))
+    }
+
+    /// Records the entries, in order and atomically, and returns their sequence numbers once
+    /// they are committed. An error means they were not recorded: do not forward the request.
+    pub async fn record(&self, entries: Vec<Entry>) -> Result<Vec<i64>, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.try_send(Job { entries, reply }).is_err() {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(AuditError::Unavailable("the audit queue is full".into()));
+        }
+        rx.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Records one entry.
+    pub async fn record_one(&self, entry: Entry) -> Result<i64, AuditError> {
+        let seqs = self.record(vec![entry]).await?;
+        seqs.first().copied().ok_or(AuditError::Stopped)
+    }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+}
+
+struct Task {
+    store: Arc<dyn Store>,
+    keys: Arc<Keys>,
+    head_path: PathBuf,
+    fsync: FsyncPolicy,
+    seq: i64,
+    prev: Vec<u8>,
+    stats: Arc<WriterStats>,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.recv().await {
+            let mut jobs = vec![first];
+            let mut count = jobs[0].entries.len();
+            while count < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        count += job.entries.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.stats.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
+            self.commit(jobs).await;
+        }
+        tracing::debug!(last_seq = self.seq, "audit writer drained and stopped");
+    }
+
+    async fn commit(&mut self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        let mut batch = AuditBatch::default();
+        let mut seqs: Vec<Vec<i64>> = Vec::with_capacity(jobs.len());
+        let (mut seq, mut prev) = (self.seq, self.prev.clone());
+        let ts = now_ms();
+        for job in &jobs {
+            let mut mine = Vec::with_capacity(job.entries.len());
+            for entry in &job.entries {
+                seq += 1;
+                let payload = entry.payload.to_string();
+                let mac = chain_mac(&self.keys, &prev, seq, ts, entry.session_id.as_deref(), &entry.kind, &payload);
+                prev = mac.to_vec();
+                batch.events.push(StoredEvent {
+                    seq,
+                    ts,
+                    session_id: entry.session_id.clone(),
+                    kind: entry.kind.clone(),
+                    payload,
+                    mac: mac.to_vec(),
+                });
+                if let Some(change) = &entry.session_change {
+                    batch.sessions.push(change.clone());
+                }
+                mine.push(seq);
+            }
+            seqs.push(mine);
+        }
+        let n = batch.events.len() as u64;
+        let result = match self.store.append_audit(batch).await {
+            Ok(()) => {
+                self.seq = seq;
+                self.prev = prev;
+                let head = ChainHead { seq, mac: hex::encode(&self.prev) };
+                write_head(&self.head_path, &head, self.fsync == FsyncPolicy::EveryBatch)
+                    .map_err(|e| AuditError::Unavailable(format!("cannot write the chain head: {e}")))
+            }
+            Err(e) => {
+                // Resynchronise with what the store really holds before the next batch.
+                if let Ok(Some((s, m))) = self.store.last_event().await {
+                    if s >= self.seq {
+                        self.seq = s;
+                        self.prev = m;
+                    }
+                }
+                Err(AuditError::Unavailable(e.to_string()))
+            }
+        };
+        match &result {
+            Ok(()) => {
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.events.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, events = n, "audit batch not recorded; its requests are refused");
+            }
+        }
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.last_commit_micros.store(micros, Ordering::Relaxed);
+        for (job, mine) in jobs.into_iter().zip(seqs) {
+            let _ = job.reply.send(result.clone().map(|()| mine));
+        }
+    }
+}

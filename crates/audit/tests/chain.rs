@@ -1,0 +1,153 @@
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use gatehouse_audit::{AuditWriter, Entry, FsyncPolicy, HEAD_FILE, verify};
+use gatehouse_keys::Keys;
+use gatehouse_store::SqliteStore;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    keys: Arc<Keys>,
+}
+
+async fn fixture_with(n: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("gatehouse.db"), false).unwrap());
+    let keys = Arc::new(Keys::from_master(&[3u8; 32]).unwrap());
+    let (writer, handle) =
+        AuditWriter::start(store.clone(), keys.clone(), dir.path().join(HEAD_FILE), FsyncPolicy::EveryBatch).await.unwrap();
+    // Concurrent callers share commits; every one gets its own sequence number.
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let w = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            w.record_one(Entry {
+                session_id: None,
+                kind: "management".into(),
+                payload: serde_json::json!({"n": i}),
+                session_change: None,
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=n as i64).collect::<Vec<_>>());
+    drop(writer);
+    handle.await.unwrap();
+    Fixture { dir, store, keys }
+}
+
+impl Fixture {
+    async fn verify(&self) -> gatehouse_audit::VerifyReport {
+        verify(self.store.as_ref(), &self.keys, &self.dir.path().join(HEAD_FILE)).await.unwrap()
+    }
+
+    fn sql(&self, sql: &str) {
+        let conn = rusqlite::Connection::open(self.dir.path().join("gatehouse.db")).unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intact_chain_verifies() {
+    let f = fixture_with(50).await;
+    let report = f.verify().await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.line(), "ok: 50 events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_event_is_named() {
+    let f = fixture_with(10).await;
+    f.sql("UPDATE audit_events SET payload = '{\"n\":999}' WHERE seq = 4");
+    let report = f.verify().await;
+    assert!(!report.ok);
+    assert_eq!(report.first_bad, Some(4), "{}", report.line());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_event_is_named() {
+    let f = fixture_with(10).await;
+    f.sql("DELETE FROM audit_events WHERE seq = 6");
+    let report = f.verify().await;
+    assert_eq!(report.first_bad, Some(6), "{}", report.line());
+    assert!(report.line().contains("missing"), "{}", report.line());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reordered_events_are_named() {
+    let f = fixture_with(10).await;
+    // Swap the contents of events 3 and 5, keeping their sequence numbers.
+    f.sql(
+        "UPDATE audit_events SET seq = -3 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = 5; \
+         UPDATE audit_events SET seq = 5 WHERE seq = -3;",
+    );
+    let report = f.verify().await;
+    assert_eq!(report.first_bad, Some(3), "{}", report.line());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_newest_events_are_named() {
+    let f = fixture_with(10).await;
+    f.sql("DELETE FROM audit_events WHERE seq >= 9");
+    let report = f.verify().await;
+    assert_eq!(report.first_bad, Some(9), "{}", report.line());
+    assert!(report.line().contains("newest events deleted"), "{}", report.line());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_mac_with_wrong_key_is_named() {
+    let f = fixture_with(5).await;
+    let other = Keys::from_master(&[4u8; 32]).unwrap();
+    let report = verify(f.store.as_ref(), &other, &f.dir.path().join(HEAD_FILE)).await.unwrap();
+    assert_eq!(report.first_bad, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_continues_after_truncation_keeping_the_gap() {
+    let f = fixture_with(5).await;
+    f.sql("DELETE FROM audit_events WHERE seq = 5");
+    let (writer, handle) = AuditWriter::start(f.store.clone(), f.keys.clone(), f.dir.path().join(HEAD_FILE), FsyncPolicy::Off)
+        .await
+        .unwrap();
+    let seq = writer
+        .record_one(Entry { session_id: None, kind: "management".into(), payload: serde_json::json!({}), session_change: None })
+        .await
+        .unwrap();
+    assert_eq!(seq, 6, "numbering continues after the anchored head");
+    drop(writer);
+    handle.await.unwrap();
+    let report = f.verify().await;
+    assert_eq!(report.first_bad, Some(5), "{}", report.line());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_failure_is_reported_to_the_caller() {
+    let f = fixture_with(1).await;
+    let (writer, handle) = AuditWriter::start(f.store.clone(), f.keys.clone(), f.dir.path().join(HEAD_FILE), FsyncPolicy::Off)
+        .await
+        .unwrap();
+    // Make the table refuse inserts: the writer must return an error, not pretend.
+    f.sql("CREATE TRIGGER refuse BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk says no'); END;");
+    let err = writer
+        .record_one(Entry { session_id: None, kind: "management".into(), payload: serde_json::json!({}), session_change: None })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("disk says no"), "{err}");
+    f.sql("DROP TRIGGER refuse;");
+    let seq = writer
+        .record_one(Entry { session_id: None, kind: "management".into(), payload: serde_json::json!({}), session_change: None })
+        .await
+        .unwrap();
+    assert_eq!(seq, 2, "service resumes with the next number once the store recovers");
+    drop(writer);
+    handle.await.unwrap();
+    assert!(f.verify().await.ok);
+}

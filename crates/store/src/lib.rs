@@ -1,0 +1,80 @@
+//! Persistence for Gatehouse behind one [`Store`] trait: identities (token hashes only),
+//! connections with their sealed credentials, policy versions, sessions and the append-only
+//! audit events. [`SqliteStore`] is the embedded back-end; migrations live per back-end under
+//! `migrations/<backend>/` so a PostgreSQL back-end follows with the same schema, and
+//! [`contract`] is the test suite every back-end must pass. This crate never sees a secret in
+//! clear (credentials arrive sealed, tokens hashed) and knows nothing of policy or HTTP.
+
+#![forbid(unsafe_code)]
+
+mod model;
+mod sqlite;
+
+#[doc(hidden)]
+pub mod contract;
+
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store holds malformed data: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Everything Gatehouse persists. Implementations must be safe to share across tasks and must
+/// pass [`contract::run_all`].
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// A cheap round trip, for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+
+    // Identities.
+    async fn create_identity(&self, identity: IdentityRecord) -> Result<()>;
+    async fn get_identity(&self, name: &str) -> Result<Option<IdentityRecord>>;
+    async fn identity_by_token_hash(&self, hash: &[u8]) -> Result<Option<IdentityRecord>>;
+    async fn list_identities(&self) -> Result<Vec<IdentityRecord>>;
+    /// Replaces the token hash (the old token stops working at once).
+    async fn rotate_identity_token(&self, name: &str, new_hash: &[u8], now: i64) -> Result<()>;
+    async fn touch_identity(&self, name: &str, now: i64) -> Result<()>;
+    async fn delete_identity(&self, name: &str) -> Result<()>;
+
+    // Connections.
+    async fn create_connection(&self, connection: ConnectionRecord) -> Result<()>;
+    /// Replaces every field but the name, credentials and `created_at`.
+    async fn update_connection(&self, connection: ConnectionRecord) -> Result<()>;
+    async fn get_connection(&self, name: &str) -> Result<Option<ConnectionRecord>>;
+    async fn list_connections(&self) -> Result<Vec<ConnectionRecord>>;
+    /// Deletes the connection and its extra credentials.
+    async fn delete_connection(&self, name: &str) -> Result<()>;
+    /// Appends an extra credential (they are tried in the order added).
+    async fn add_credential(&self, connection: &str, credential: CredentialRecord) -> Result<()>;
+    async fn remove_credential(&self, connection: &str, credential: &str) -> Result<()>;
+
+    // Policies.
+    /// Stores a new policy version and returns its number (1, 2, …).
+    async fn put_policy(&self, text: &str, author: &str, now: i64) -> Result<i64>;
+    async fn current_policy(&self) -> Result<Option<PolicyVersion>>;
+
+    // Audit.
+    /// Appends a batch of chained events and the session changes they describe, atomically: after
+    /// it returns, the batch is committed to the store's log.
+    async fn append_audit(&self, batch: AuditBatch) -> Result<()>;
+    /// The newest event's sequence number and MAC, to continue the chain.
+    async fn last_event(&self) -> Result<Option<(i64, Vec<u8>)>>;
+    /// Events with `seq > after`, oldest first, at most `limit`.
+    async fn events_after(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>>;
+    async fn session_events(&self, session_id: &str) -> Result<Vec<StoredEvent>>;
+    async fn list_sessions(&self, filter: SessionFilter) -> Result<Vec<SessionRecord>>;
+    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>>;
+}

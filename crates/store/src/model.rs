@@ -1,0 +1,164 @@
+use std::collections::BTreeMap;
+use std::fmt;
+
+use gatehouse_core::IdentityKind;
+use serde::{Deserialize, Serialize};
+
+/// A stored identity. Its token exists only as a keyed hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdentityRecord {
+    pub name: String,
+    pub kind: IdentityKind,
+    pub groups: Vec<String>,
+    pub token_hash: Option<Vec<u8>>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub token_rotated_at: Option<i64>,
+}
+
+impl fmt::Debug for IdentityRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityRecord")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("groups", &self.groups)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("last_used_at", &self.last_used_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a sealed credential is presented upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SecretKind {
+    /// A password (databases, Redis, SSH password login).
+    Password,
+    /// A private key (SSH).
+    KeyFile,
+    /// An HTTP header `name: value`.
+    Header { name: String },
+    /// An HTTP `Authorization: Bearer` token.
+    Bearer,
+}
+
+impl SecretKind {
+    pub fn tag(&self) -> &'static str {
+        match self {
+            SecretKind::Password => "password",
+            SecretKind::KeyFile => "key_file",
+            SecretKind::Header { .. } => "header",
+            SecretKind::Bearer => "bearer",
+        }
+    }
+}
+
+/// A credential sealed with AES-256-GCM by the keys crate. `Debug` shows only its kind.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub kind: SecretKind,
+    pub sealed: Vec<u8>,
+}
+
+impl fmt::Debug for SealedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedSecret({})", self.kind.tag())
+    }
+}
+
+/// A named resource and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    pub name: String,
+    /// `postgres`, `mysql`, `redis`, `ssh`, `http` or `kubernetes`.
+    pub kind: String,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub url: Option<String>,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    /// `disable`, `require` or `verify-full`.
+    pub tls_mode: String,
+    pub ca_file: Option<String>,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+    pub mask: Vec<String>,
+    pub mask_columns: Vec<String>,
+    pub secret: Option<SealedSecret>,
+    /// Extra credentials, in the order they were added.
+    pub credentials: Vec<CredentialRecord>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An extra credential of a connection, used for callers in one of its groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRecord {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub user: Option<String>,
+    pub secret: Option<SealedSecret>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyVersion {
+    pub version: i64,
+    pub text: String,
+    pub author: String,
+    pub created_at: i64,
+}
+
+/// One audit event as stored: its place in the chain and its MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub ts: i64,
+    pub session_id: Option<String>,
+    pub kind: String,
+    /// The event body as JSON text, byte for byte what the MAC covers.
+    pub payload: String,
+    pub mac: Vec<u8>,
+}
+
+/// A session as listed: who, where, when, and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub identity: String,
+    pub identity_kind: IdentityKind,
+    pub connection: Option<String>,
+    pub protocol: String,
+    pub client_addr: Option<String>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
+    pub requests: i64,
+    pub denied: i64,
+}
+
+/// What a batch of audit events does to the sessions table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    Open(SessionRecord),
+    Request { id: String, denied: bool },
+    Close { id: String, ended_at: i64, reason: String },
+}
+
+/// Events and session changes committed together.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditBatch {
+    pub events: Vec<StoredEvent>,
+    pub sessions: Vec<SessionChange>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    pub identity: Option<String>,
+    pub connection: Option<String>,
+    /// Sessions that started before this time (for paging), newest first.
+    pub before: Option<i64>,
+    pub limit: usize,
+}
