@@ -1,0 +1,37 @@
+//! Test support for Gatehouse: starts **real** servers from the machine's packages (today
+//! PostgreSQL through Debian's `initdb`/`pg_ctl`; MariaDB, Redis and sshd are meant to follow as
+//! sibling modules built on [`common`]) on loopback ports picked at run time, each in its own
+//! temporary directory, and tears them down on Drop. When the tests run as root, servers run as
+//! an unprivileged account (`nobody`, or `GATEHOUSE_TEST_USER`) via `runuser`. It does not mock
+//! anything, install packages, download binaries, touch the machine's own servers (5432, 3306,
+//! 6379 …) or clean up after a process killed with SIGKILL (Drop must run); its API is blocking,
+//! so async tests call it inside `tokio::task::spawn_blocking`.
+//!
+//! ```no_run
+//! use gatehouse_testkit::{PgAuth, Postgres};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let pg = Postgres::start()?; // initdb + pg_ctl start on 127.0.0.1:<free port>
+//! assert_eq!(pg.psql("postgres", "select 1")?, "1");
+//! pg.create_role("alice", "s3cret", PgAuth::Md5)?;
+//! pg.create_database("shop", "alice")?;
+//! let rows = pg.psql_as("alice", Some("s3cret"), "shop", "select current_user")?;
+//! assert_eq!(rows, "alice");
+//! let _url = pg.url("shop"); // postgres://postgres:<password>@127.0.0.1:<port>/shop
+//! pg.kill_postmaster()?; // the upstream dies…
+//! pg.restart()?; // …and comes back on the same port
+//! # Ok(())
+//! # }
+//! // Dropping `pg` stops the server and removes its directory.
+//! ```
+//!
+//! Environment: `GATEHOUSE_TEST_PG_BINDIR` picks the PostgreSQL binaries (default:
+//! `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`); `GATEHOUSE_TEST_USER`
+//! picks the account servers run as when the tests are root (default `nobody`).
+
+#![forbid(unsafe_code)]
+
+pub mod common;
+pub mod postgres;
+
+pub use postgres::{PgAuth, Postgres};
