@@ -91,9 +91,14 @@ pub async fn verify(store: &dyn Store, keys: &Keys, head_path: &Path) -> Result<
         Some(h) if h.seq > count => Ok(VerifyReport::bad(
             count,
             Some(count + 1),
-            format!("missing: the chain head records {} events but the store ends at {count} (newest events deleted)", h.seq),
+            format!(
+                "missing: the chain head records {} events but the store ends at {count} (newest events deleted)",
+                h.seq
+            ),
         )),
-        Some(_) if !head_seen && count > 0 => Ok(VerifyReport::bad(count, None, "the chain head does not match the store".into())),
+        Some(_) if !head_seen && count > 0 => {
+            Ok(VerifyReport::bad(count, None, "the chain head does not match the store".into()))
+        }
         None if count > 0 => Ok(VerifyReport::bad(
             count,
             None,

@@ -17,7 +17,9 @@ async fn fixture_with(n: usize) -> Fixture {
     let store = Arc::new(SqliteStore::open(&dir.path().join("gatehouse.db"), false).unwrap());
     let keys = Arc::new(Keys::from_master(&[3u8; 32]).unwrap());
     let (writer, handle) =
-        AuditWriter::start(store.clone(), keys.clone(), dir.path().join(HEAD_FILE), FsyncPolicy::EveryBatch).await.unwrap();
+        AuditWriter::start(store.clone(), keys.clone(), dir.path().join(HEAD_FILE), FsyncPolicy::EveryBatch)
+            .await
+            .unwrap();
     // Concurrent callers share commits; every one gets its own sequence number.
     let mut tasks = Vec::new();
     for i in 0..n {
@@ -114,11 +116,17 @@ async fn forged_mac_with_wrong_key_is_named() {
 async fn writer_continues_after_truncation_keeping_the_gap() {
     let f = fixture_with(5).await;
     f.sql("DELETE FROM audit_events WHERE seq = 5");
-    let (writer, handle) = AuditWriter::start(f.store.clone(), f.keys.clone(), f.dir.path().join(HEAD_FILE), FsyncPolicy::Off)
-        .await
-        .unwrap();
+    let (writer, handle) =
+        AuditWriter::start(f.store.clone(), f.keys.clone(), f.dir.path().join(HEAD_FILE), FsyncPolicy::Off)
+            .await
+            .unwrap();
     let seq = writer
-        .record_one(Entry { session_id: None, kind: "management".into(), payload: serde_json::json!({}), session_change: None })
+        .record_one(Entry {
+            session_id: None,
+            kind: "management".into(),
+            payload: serde_json::json!({}),
+            session_change: None,
+        })
         .await
         .unwrap();
     assert_eq!(seq, 6, "numbering continues after the anchored head");
@@ -131,19 +139,30 @@ async fn writer_continues_after_truncation_keeping_the_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_failure_is_reported_to_the_caller() {
     let f = fixture_with(1).await;
-    let (writer, handle) = AuditWriter::start(f.store.clone(), f.keys.clone(), f.dir.path().join(HEAD_FILE), FsyncPolicy::Off)
-        .await
-        .unwrap();
+    let (writer, handle) =
+        AuditWriter::start(f.store.clone(), f.keys.clone(), f.dir.path().join(HEAD_FILE), FsyncPolicy::Off)
+            .await
+            .unwrap();
     // Make the table refuse inserts: the writer must return an error, not pretend.
     f.sql("CREATE TRIGGER refuse BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk says no'); END;");
     let err = writer
-        .record_one(Entry { session_id: None, kind: "management".into(), payload: serde_json::json!({}), session_change: None })
+        .record_one(Entry {
+            session_id: None,
+            kind: "management".into(),
+            payload: serde_json::json!({}),
+            session_change: None,
+        })
         .await
         .unwrap_err();
     assert!(err.to_string().contains("disk says no"), "{err}");
     f.sql("DROP TRIGGER refuse;");
     let seq = writer
-        .record_one(Entry { session_id: None, kind: "management".into(), payload: serde_json::json!({}), session_change: None })
+        .record_one(Entry {
+            session_id: None,
+            kind: "management".into(),
+            payload: serde_json::json!({}),
+            session_change: None,
+        })
         .await
         .unwrap();
     assert_eq!(seq, 2, "service resumes with the next number once the store recovers");

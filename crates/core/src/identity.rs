@@ -68,9 +68,7 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
         return Err(format!("{what} name {name:?} must start with a letter or digit"));
     }
     if let Some(bad) = name.chars().find(|c| !ok_char(*c)) {
-        return Err(format!(
-            "{what} name {name:?} contains {bad:?}; use letters, digits, '.', '_', '-' or '@'"
-        ));
+        return Err(format!("{what} name {name:?} contains {bad:?}; use letters, digits, '.', '_', '-' or '@'"));
     }
     Ok(())
 }

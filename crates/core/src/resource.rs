@@ -106,9 +106,7 @@ impl Resource {
                 .ok_or(ResourceError::BadId { kind, id: id.into(), expected })
         };
         match ty.trim() {
-            "Connection" if !id.is_empty() && !id.contains('/') => {
-                Ok(Resource::Connection { connection: id.into() })
-            }
+            "Connection" if !id.is_empty() && !id.contains('/') => Ok(Resource::Connection { connection: id.into() }),
             "Connection" => Err(ResourceError::BadId { kind: "Connection", id: id.into(), expected: "NAME" }),
             "Table" => {
                 const EXPECTED: &str = "CONNECTION/schema.table";

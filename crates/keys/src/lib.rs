@@ -207,10 +207,8 @@ impl Keys {
         let (nonce, ct) = rest.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Unseal)?;
         let mut buf = ct.to_vec();
-        let plain = self
-            .sealing
-            .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut buf)
-            .map_err(|_| KeyError::Unseal)?;
+        let plain =
+            self.sealing.open_in_place(nonce, Aad::from(aad.as_bytes()), &mut buf).map_err(|_| KeyError::Unseal)?;
         String::from_utf8(plain.to_vec()).map(Secret).map_err(|_| KeyError::Unseal)
     }
 }

@@ -191,9 +191,7 @@ async fn audit(store: &dyn Store) {
         .await
         .unwrap();
     // A batch whose sequence number collides is refused as a whole.
-    let err = store
-        .append_audit(AuditBatch { events: vec![event(6, None), event(5, None)], sessions: vec![] })
-        .await;
+    let err = store.append_audit(AuditBatch { events: vec![event(6, None), event(5, None)], sessions: vec![] }).await;
     assert!(err.is_err());
     assert_eq!(store.last_event().await.unwrap(), Some((5, vec![5; 32])));
 
@@ -204,15 +202,21 @@ async fn audit(store: &dyn Store) {
     assert_eq!(store.session_events("s1").await.unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 5]);
 
     let s1 = store.get_session("s1").await.unwrap().unwrap();
-    assert_eq!((s1.requests, s1.denied, s1.ended_at, s1.end_reason.as_deref()), (2, 1, Some(300), Some("client closed")));
+    assert_eq!(
+        (s1.requests, s1.denied, s1.ended_at, s1.end_reason.as_deref()),
+        (2, 1, Some(300), Some("client closed"))
+    );
     let listed = store.list_sessions(SessionFilter { limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["s2", "s1"], "newest first");
-    let by_identity =
-        store.list_sessions(SessionFilter { identity: Some("fn".into()), limit: 10, ..Default::default() }).await.unwrap();
+    let by_identity = store
+        .list_sessions(SessionFilter { identity: Some("fn".into()), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(by_identity.len(), 1);
     let limited = store.list_sessions(SessionFilter { limit: 1, ..Default::default() }).await.unwrap();
     assert_eq!(limited.len(), 1);
-    let before = store.list_sessions(SessionFilter { before: Some(200), limit: 10, ..Default::default() }).await.unwrap();
+    let before =
+        store.list_sessions(SessionFilter { before: Some(200), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(before.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["s1"]);
     assert!(store.get_session("nope").await.unwrap().is_none());
 }

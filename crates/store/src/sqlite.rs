@@ -8,8 +8,8 @@ use gatehouse_core::IdentityKind;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::{
-    AuditBatch, ConnectionRecord, CredentialRecord, IdentityRecord, PolicyVersion, Result, SealedSecret,
-    SecretKind, SessionChange, SessionFilter, SessionRecord, Store, StoreError, StoredEvent,
+    AuditBatch, ConnectionRecord, CredentialRecord, IdentityRecord, PolicyVersion, Result, SealedSecret, SecretKind,
+    SessionChange, SessionFilter, SessionRecord, Store, StoreError, StoredEvent,
 };
 
 mod embedded {
@@ -109,7 +109,8 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 fn kind_to_str(kind: IdentityKind) -> &'static str {
@@ -127,7 +128,8 @@ fn kind_from_str(s: &str) -> rusqlite::Result<IdentityKind> {
     }
 }
 
-const IDENTITY_COLS: &str = "name, kind, groups_json, token_hash, created_at, expires_at, last_used_at, token_rotated_at";
+const IDENTITY_COLS: &str =
+    "name, kind, groups_json, token_hash, created_at, expires_at, last_used_at, token_rotated_at";
 
 fn identity_row(row: &Row<'_>) -> rusqlite::Result<IdentityRecord> {
     Ok(IdentityRecord {
@@ -155,7 +157,11 @@ fn secret_cols(secret: &Option<SealedSecret>) -> (Option<&'static str>, Option<S
     }
 }
 
-fn secret_from(kind: Option<String>, header: Option<String>, sealed: Option<Vec<u8>>) -> rusqlite::Result<Option<SealedSecret>> {
+fn secret_from(
+    kind: Option<String>,
+    header: Option<String>,
+    sealed: Option<Vec<u8>>,
+) -> rusqlite::Result<Option<SealedSecret>> {
     let (Some(kind), Some(sealed)) = (kind, sealed) else { return Ok(None) };
     let kind = match kind.as_str() {
         "password" => SecretKind::Password,
@@ -214,8 +220,7 @@ fn load_credentials(conn: &Connection, record: &mut ConnectionRecord) -> Result<
     Ok(())
 }
 
-const SESSION_COLS: &str =
-    "id, identity, identity_kind, connection, protocol, client_addr, started_at, ended_at, end_reason, requests, denied";
+const SESSION_COLS: &str = "id, identity, identity_kind, connection, protocol, client_addr, started_at, ended_at, end_reason, requests, denied";
 
 fn session_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
@@ -259,9 +264,20 @@ impl Store for SqliteStore {
             let groups = to_json(&id.groups)?;
             c.execute(
                 &format!("INSERT INTO identities ({IDENTITY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-                params![id.name, kind_to_str(id.kind), groups, id.token_hash, id.created_at, id.expires_at, id.last_used_at, id.token_rotated_at],
+                params![
+                    id.name,
+                    kind_to_str(id.kind),
+                    groups,
+                    id.token_hash,
+                    id.created_at,
+                    id.expires_at,
+                    id.last_used_at,
+                    id.token_rotated_at
+                ],
             )
-            .map_err(|e| if is_constraint(&e) { StoreError::Conflict(format!("identity {:?}", id.name)) } else { db_err(e) })?;
+            .map_err(|e| {
+                if is_constraint(&e) { StoreError::Conflict(format!("identity {:?}", id.name)) } else { db_err(e) }
+            })?;
             Ok(())
         })
         .await
@@ -289,7 +305,8 @@ impl Store for SqliteStore {
 
     async fn list_identities(&self) -> Result<Vec<IdentityRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!("SELECT {IDENTITY_COLS} FROM identities ORDER BY name")).map_err(db_err)?;
+            let mut stmt =
+                c.prepare(&format!("SELECT {IDENTITY_COLS} FROM identities ORDER BY name")).map_err(db_err)?;
             let rows = stmt.query_map([], identity_row).map_err(db_err)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
         })
@@ -300,7 +317,10 @@ impl Store for SqliteStore {
         let (name, hash) = (name.to_string(), new_hash.to_vec());
         self.write(move |c| {
             let n = c
-                .execute("UPDATE identities SET token_hash = ?2, token_rotated_at = ?3 WHERE name = ?1", params![name, hash, now])
+                .execute(
+                    "UPDATE identities SET token_hash = ?2, token_rotated_at = ?3 WHERE name = ?1",
+                    params![name, hash, now],
+                )
                 .map_err(db_err)?;
             if n == 0 { Err(StoreError::NotFound(format!("identity {name:?}"))) } else { Ok(()) }
         })
@@ -360,7 +380,11 @@ impl Store for SqliteStore {
         let name = name.to_string();
         self.read(move |c| {
             let rec = c
-                .query_row(&format!("SELECT {CONNECTION_COLS} FROM connections WHERE name = ?1"), [name], connection_row)
+                .query_row(
+                    &format!("SELECT {CONNECTION_COLS} FROM connections WHERE name = ?1"),
+                    [name],
+                    connection_row,
+                )
                 .optional()
                 .map_err(db_err)?;
             match rec {
@@ -376,7 +400,8 @@ impl Store for SqliteStore {
 
     async fn list_connections(&self) -> Result<Vec<ConnectionRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!("SELECT {CONNECTION_COLS} FROM connections ORDER BY name")).map_err(db_err)?;
+            let mut stmt =
+                c.prepare(&format!("SELECT {CONNECTION_COLS} FROM connections ORDER BY name")).map_err(db_err)?;
             let mut out = stmt
                 .query_map([], connection_row)
                 .map_err(db_err)?
@@ -428,9 +453,16 @@ impl Store for SqliteStore {
         let (connection, credential) = (connection.to_string(), credential.to_string());
         self.write(move |c| {
             let n = c
-                .execute("DELETE FROM connection_credentials WHERE connection = ?1 AND name = ?2", [&connection, &credential])
+                .execute(
+                    "DELETE FROM connection_credentials WHERE connection = ?1 AND name = ?2",
+                    [&connection, &credential],
+                )
                 .map_err(db_err)?;
-            if n == 0 { Err(StoreError::NotFound(format!("credential {credential:?} of connection {connection:?}"))) } else { Ok(()) }
+            if n == 0 {
+                Err(StoreError::NotFound(format!("credential {credential:?} of connection {connection:?}")))
+            } else {
+                Ok(())
+            }
         })
         .await
     }
@@ -441,8 +473,11 @@ impl Store for SqliteStore {
             let tx = c.transaction().map_err(db_err)?;
             let version: i64 =
                 tx.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM policies", [], |r| r.get(0)).map_err(db_err)?;
-            tx.execute("INSERT INTO policies (version, text, author, created_at) VALUES (?1, ?2, ?3, ?4)", params![version, text, author, now])
-                .map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO policies (version, text, author, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![version, text, author, now],
+            )
+            .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
             Ok(version)
         })
@@ -451,9 +486,11 @@ impl Store for SqliteStore {
 
     async fn current_policy(&self) -> Result<Option<PolicyVersion>> {
         self.read(|c| {
-            c.query_row("SELECT version, text, author, created_at FROM policies ORDER BY version DESC LIMIT 1", [], |r| {
-                Ok(PolicyVersion { version: r.get(0)?, text: r.get(1)?, author: r.get(2)?, created_at: r.get(3)? })
-            })
+            c.query_row(
+                "SELECT version, text, author, created_at FROM policies ORDER BY version DESC LIMIT 1",
+                [],
+                |r| Ok(PolicyVersion { version: r.get(0)?, text: r.get(1)?, author: r.get(2)?, created_at: r.get(3)? }),
+            )
             .optional()
             .map_err(db_err)
         })
@@ -501,9 +538,11 @@ impl Store for SqliteStore {
 
     async fn last_event(&self) -> Result<Option<(i64, Vec<u8>)>> {
         self.read(|c| {
-            c.query_row("SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-                .map_err(db_err)
+            c.query_row("SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(db_err)
         })
         .await
     }
@@ -550,7 +589,9 @@ impl Store for SqliteStore {
     async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>> {
         let id = id.to_string();
         self.read(move |c| {
-            c.query_row(&format!("SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"), [id], session_row).optional().map_err(db_err)
+            c.query_row(&format!("SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"), [id], session_row)
+                .optional()
+                .map_err(db_err)
         })
         .await
     }

@@ -1,5 +1,5 @@
-//! Test support for Gatehouse: starts **real** servers from the machine's packages (today
-//! PostgreSQL through Debian's `initdb`/`pg_ctl`; MariaDB, Redis and sshd are meant to follow as
+//! Test support for Gatehouse: runs the built `gatehouse` binary ([`Gateway`]) and starts **real**
+//! servers from the machine's packages (today PostgreSQL through Debian's `initdb`/`pg_ctl`; MariaDB, Redis and sshd are meant to follow as
 //! sibling modules built on [`common`]) on loopback ports picked at run time, each in its own
 //! temporary directory, and tears them down on Drop. When the tests run as root, servers run as
 //! an unprivileged account (`nobody`, or `GATEHOUSE_TEST_USER`) via `runuser`. It does not mock
@@ -32,6 +32,8 @@
 #![forbid(unsafe_code)]
 
 pub mod common;
+pub mod gateway;
 pub mod postgres;
 
+pub use gateway::Gateway;
 pub use postgres::{PgAuth, Postgres};

@@ -110,15 +110,9 @@ pub fn find_bindir() -> Result<PathBuf> {
         if has_server_binaries(&dir) {
             return Ok(dir);
         }
-        bail!(
-            "{ENV_BINDIR}={} does not contain initdb, pg_ctl and postgres",
-            dir.display()
-        );
+        bail!("{ENV_BINDIR}={} does not contain initdb, pg_ctl and postgres", dir.display());
     }
-    if let Ok(out) = cmd::run(
-        Command::new("pg_config").arg("--bindir"),
-        Duration::from_secs(30),
-    ) {
+    if let Ok(out) = cmd::run(Command::new("pg_config").arg("--bindir"), Duration::from_secs(30)) {
         let dir = PathBuf::from(out.trim());
         if has_server_binaries(&dir) {
             return Ok(dir);
@@ -129,12 +123,7 @@ pub fn find_bindir() -> Result<PathBuf> {
         .flatten()
         .filter_map(|e| {
             let e = e.ok()?;
-            let version = e
-                .file_name()
-                .to_str()?
-                .split('.')
-                .map(|p| p.parse().ok())
-                .collect::<Option<Vec<u32>>>()?;
+            let version = e.file_name().to_str()?.split('.').map(|p| p.parse().ok()).collect::<Option<Vec<u32>>>()?;
             let bin = e.path().join("bin");
             has_server_binaries(&bin).then_some((version, bin))
         })
@@ -151,9 +140,7 @@ pub fn find_bindir() -> Result<PathBuf> {
 }
 
 fn has_server_binaries(dir: &Path) -> bool {
-    ["initdb", "pg_ctl", "postgres"]
-        .iter()
-        .all(|b| dir.join(b).is_file())
+    ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file())
 }
 
 /// Checks a role or database name: 1 to 63 ASCII letters, digits and `_`, not starting with a
@@ -164,9 +151,7 @@ fn check_name(kind: &str, name: &str) -> Result<()> {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit());
     if !ok {
-        bail!(
-            "{kind} name {name:?} must be 1-63 ASCII letters, digits or '_', not starting with a digit"
-        );
+        bail!("{kind} name {name:?} must be 1-63 ASCII letters, digits or '_', not starting with a digit");
     }
     Ok(())
 }
@@ -213,14 +198,8 @@ impl Postgres {
         let bindir = find_bindir()?;
         let run_as = RunAs::for_servers()?;
         let dir = server_dir("gatehouse-pg-", &run_as)?;
-        let mut pg = Postgres {
-            bindir,
-            run_as,
-            port: 0,
-            password: random_hex(16)?,
-            hba_rules: Mutex::new(Vec::new()),
-            dir,
-        };
+        let mut pg =
+            Postgres { bindir, run_as, port: 0, password: random_hex(16)?, hba_rules: Mutex::new(Vec::new()), dir };
         pg.init()?;
         net::start_on_free_port("PostgreSQL", |port| {
             pg.port = port;
@@ -286,12 +265,7 @@ impl Postgres {
             Some(pw) => format!("{}:{}", url_encode(user), url_encode(pw)),
             None => url_encode(user),
         };
-        format!(
-            "postgres://{auth}@{}:{}/{}",
-            self.host(),
-            self.port,
-            url_encode(db)
-        )
+        format!("postgres://{auth}@{}:{}/{}", self.host(), self.port, url_encode(db))
     }
 
     /// The last lines of the server log, for assertion messages.
@@ -310,29 +284,14 @@ impl Postgres {
     /// Like [`psql`](Self::psql), logging in as `user` with `password` (or none; `psql` never
     /// prompts). The error carries a [`cmd::CommandFailed`] whose `stderr` says why, e.g.
     /// `password authentication failed for user "…"`.
-    pub fn psql_as(
-        &self,
-        user: &str,
-        password: Option<&str>,
-        db: &str,
-        sql: &str,
-    ) -> Result<String> {
-        self.run_psql(user, password, db, sql).with_context(|| {
-            format!(
-                "psql as {user} to {}:{}/{db} failed running:\n{sql}",
-                self.host(),
-                self.port
-            )
-        })
+    pub fn psql_as(&self, user: &str, password: Option<&str>, db: &str, sql: &str) -> Result<String> {
+        self.run_psql(user, password, db, sql)
+            .with_context(|| format!("psql as {user} to {}:{}/{db} failed running:\n{sql}", self.host(), self.port))
     }
 
     fn run_psql(&self, user: &str, password: Option<&str>, db: &str, sql: &str) -> Result<String> {
         let own = self.bindir.join("psql");
-        let mut c = Command::new(if own.is_file() {
-            own.as_os_str()
-        } else {
-            OsStr::new("psql")
-        });
+        let mut c = Command::new(if own.is_file() { own.as_os_str() } else { OsStr::new("psql") });
         clean_env(&mut c);
         c.args(["-X", "-A", "-t", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.host())
@@ -378,10 +337,9 @@ impl Postgres {
         match auth {
             // The default TCP rule already asks for SCRAM.
             PgAuth::ScramSha256 => Ok(()),
-            PgAuth::Md5 | PgAuth::Trust => self.add_hba_rule(&format!(
-                "host all {ident} 127.0.0.1/32 {}",
-                auth.hba_method()
-            )),
+            PgAuth::Md5 | PgAuth::Trust => {
+                self.add_hba_rule(&format!("host all {ident} 127.0.0.1/32 {}", auth.hba_method()))
+            }
         }
     }
 
@@ -389,14 +347,7 @@ impl Postgres {
     pub fn create_database(&self, name: &str, owner: &str) -> Result<()> {
         check_name("database", name)?;
         check_name("role", owner)?;
-        self.psql(
-            "postgres",
-            &format!(
-                "CREATE DATABASE {} OWNER {};",
-                quote_ident(name),
-                quote_ident(owner)
-            ),
-        )?;
+        self.psql("postgres", &format!("CREATE DATABASE {} OWNER {};", quote_ident(name), quote_ident(owner)))?;
         Ok(())
     }
 
@@ -406,10 +357,7 @@ impl Postgres {
         if rule.contains('\n') {
             bail!("a pg_hba.conf rule is one line: {rule:?}");
         }
-        self.hba_rules
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(rule.to_owned());
+        self.hba_rules.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(rule.to_owned());
         self.write_hba()?;
         self.reload()
     }
@@ -419,14 +367,8 @@ impl Postgres {
     pub fn reload(&self) -> Result<()> {
         let query = "select pg_conf_load_time()";
         let before = self.psql("postgres", query)?;
-        cmd::run(
-            self.server_command("pg_ctl")
-                .arg("reload")
-                .arg("-D")
-                .arg(self.data_dir()),
-            SETUP_TIMEOUT,
-        )
-        .with_context(|| self.failure("reloading PostgreSQL"))?;
+        cmd::run(self.server_command("pg_ctl").arg("reload").arg("-D").arg(self.data_dir()), SETUP_TIMEOUT)
+            .with_context(|| self.failure("reloading PostgreSQL"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.psql("postgres", query)? == before {
             if Instant::now() >= deadline {
@@ -448,9 +390,7 @@ impl Postgres {
             return Ok(());
         }
         cmd::run(
-            self.server_command("pg_ctl")
-                .args(["stop", "-m", "fast", "-w", "-t", "60", "-D"])
-                .arg(self.data_dir()),
+            self.server_command("pg_ctl").args(["stop", "-m", "fast", "-w", "-t", "60", "-D"]).arg(self.data_dir()),
             SETUP_TIMEOUT,
         )
         .with_context(|| self.failure("stopping PostgreSQL"))?;
@@ -464,26 +404,18 @@ impl Postgres {
     /// the next start runs crash recovery.
     pub fn kill_postmaster(&self) -> Result<()> {
         let pid_file = self.pid_file();
-        let pid = process::read_pid_file(&pid_file)
-            .context("PostgreSQL is not running (no readable postmaster.pid)")?;
+        let pid =
+            process::read_pid_file(&pid_file).context("PostgreSQL is not running (no readable postmaster.pid)")?;
         if !process::pid_alive(pid) {
             bail!("the postmaster (pid {pid}) is not running");
         }
         let shmid = fs::read_to_string(&pid_file).ok().and_then(|t| {
             // Line 7 of postmaster.pid: "<shmem key> <shmem id>".
-            t.lines()
-                .nth(6)?
-                .split_whitespace()
-                .nth(1)
-                .map(str::to_owned)
+            t.lines().nth(6)?.split_whitespace().nth(1).map(str::to_owned)
         });
         process::kill_tree(pid, Duration::from_secs(10))
             .with_context(|| format!("killing the postmaster (pid {pid})"))?;
-        for stale in [
-            pid_file,
-            self.socket_dir()
-                .join(format!(".s.PGSQL.{}.lock", self.port)),
-        ] {
+        for stale in [pid_file, self.socket_dir().join(format!(".s.PGSQL.{}.lock", self.port))] {
             match fs::remove_file(&stale) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(e).with_context(|| format!("removing {}", stale.display()));
@@ -534,26 +466,14 @@ impl Postgres {
     /// `initdb`, our include line in `postgresql.conf`, and our `pg_hba.conf`.
     fn init(&self) -> Result<()> {
         let pwfile = self.dir.path().join("superuser.pw");
-        write_file(
-            &pwfile,
-            &format!("{}\n", self.password),
-            0o600,
-            &self.run_as,
-        )?;
+        write_file(&pwfile, &format!("{}\n", self.password), 0o600, &self.run_as)?;
         let initdb = cmd::run(
             self.server_command("initdb")
                 .arg("-D")
                 .arg(self.data_dir())
                 .args(["-U", SUPERUSER])
                 .arg(format!("--pwfile={}", pwfile.display()))
-                .args([
-                    "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
-                    "--no-sync",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                ]),
+                .args(["--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C"]),
             SETUP_TIMEOUT,
         );
         let _ = fs::remove_file(&pwfile);
@@ -570,9 +490,7 @@ impl Postgres {
         fs::OpenOptions::new()
             .append(true)
             .open(&conf)
-            .and_then(|mut f| {
-                f.write_all(b"\n# Added by gatehouse-testkit.\ninclude 'gatehouse.conf'\n")
-            })
+            .and_then(|mut f| f.write_all(b"\n# Added by gatehouse-testkit.\ninclude 'gatehouse.conf'\n"))
             .with_context(|| format!("appending to {}", conf.display()))?;
         self.write_hba()
     }
@@ -600,24 +518,12 @@ impl Postgres {
              lc_messages = 'C'\n",
             port = self.port
         );
-        write_file(
-            &self.data_dir().join("gatehouse.conf"),
-            &settings,
-            0o600,
-            &self.run_as,
-        )
+        write_file(&self.data_dir().join("gatehouse.conf"), &settings, 0o600, &self.run_as)
     }
 
     fn write_hba(&self) -> Result<()> {
-        let mut text = String::from(
-            "# Written by gatehouse-testkit: rules added by tests first, then the defaults.\n",
-        );
-        for rule in self
-            .hba_rules
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-        {
+        let mut text = String::from("# Written by gatehouse-testkit: rules added by tests first, then the defaults.\n");
+        for rule in self.hba_rules.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter() {
             text.push_str(rule);
             text.push('\n');
         }
@@ -627,12 +533,7 @@ impl Postgres {
              local replication all                trust\n\
              host  replication all  127.0.0.1/32  scram-sha-256\n",
         );
-        write_file(
-            &self.data_dir().join("pg_hba.conf"),
-            &text,
-            0o600,
-            &self.run_as,
-        )
+        write_file(&self.data_dir().join("pg_hba.conf"), &text, 0o600, &self.run_as)
     }
 
     /// `pg_ctl start -w` and wait for the TCP port. A port clash is reported as [`PortInUse`].
@@ -654,15 +555,8 @@ impl Postgres {
                     String::from_utf8_lossy(&b[start..]).into_owned()
                 })
                 .unwrap_or_default();
-            if let Some(line) = new_log
-                .lines()
-                .find(|l| l.contains("Address already in use"))
-            {
-                return Err(PortInUse {
-                    port: self.port,
-                    detail: line.to_owned(),
-                }
-                .into());
+            if let Some(line) = new_log.lines().find(|l| l.contains("Address already in use")) {
+                return Err(PortInUse { port: self.port, detail: line.to_owned() }.into());
             }
             return Err(e.context(self.failure("starting PostgreSQL with pg_ctl")));
         }

@@ -29,21 +29,10 @@ fn two_servers_at_once_on_different_ports() -> Result<()> {
         assert_ne!(pg.port(), 5432);
         assert_eq!(pg.host(), "127.0.0.1");
         assert_eq!(pg.psql("postgres", "select 1")?, "1");
-        assert_eq!(
-            pg.psql("postgres", "show port")?,
-            pg.port().to_string(),
-            "{pg:?}"
-        );
-        assert!(
-            pg.url("postgres")
-                .ends_with(&format!("@127.0.0.1:{}/postgres", pg.port()))
-        );
+        assert_eq!(pg.psql("postgres", "show port")?, pg.port().to_string(), "{pg:?}");
+        assert!(pg.url("postgres").ends_with(&format!("@127.0.0.1:{}/postgres", pg.port())));
         assert!(pg.log_path().is_file());
-        assert!(
-            pg.socket_dir()
-                .join(format!(".s.PGSQL.{}", pg.port()))
-                .exists()
-        );
+        assert!(pg.socket_dir().join(format!(".s.PGSQL.{}", pg.port())).exists());
         // The password never shows in Debug output.
         assert!(!format!("{pg:?}").contains(pg.superuser_password()));
     }
@@ -54,19 +43,11 @@ fn two_servers_at_once_on_different_ports() -> Result<()> {
 fn superuser_needs_its_password_over_tcp() -> Result<()> {
     let pg = Postgres::start()?;
     let err = pg
-        .psql_as(
-            pg.superuser(),
-            Some("not-the-password"),
-            "postgres",
-            "select 1",
-        )
+        .psql_as(pg.superuser(), Some("not-the-password"), "postgres", "select 1")
         .err()
         .context("a wrong superuser password must be refused")?;
     let stderr = psql_stderr(&err)?;
-    assert!(
-        stderr.contains("password authentication failed"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("password authentication failed"), "{stderr}");
     Ok(())
 }
 
@@ -87,42 +68,12 @@ fn scram_md5_and_trust_roles() -> Result<()> {
          from pg_authid where rolname in ('scram_user', 'md5_user', 'trust_user') \
          order by rolname",
     )?;
-    assert_eq!(
-        stored, "md5_user|md5\nscram_user|scram\ntrust_user|none",
-        "{stored}"
-    );
+    assert_eq!(stored, "md5_user|md5\nscram_user|scram\ntrust_user|none", "{stored}");
 
-    assert_eq!(
-        pg.psql_as(
-            "scram_user",
-            Some("scram-pw"),
-            "appdb",
-            "select current_user"
-        )?,
-        "scram_user"
-    );
-    assert_eq!(
-        pg.psql_as(
-            "md5_user",
-            Some("md5-pw"),
-            "postgres",
-            "select current_user"
-        )?,
-        "md5_user"
-    );
-    assert_eq!(
-        pg.psql_as("trust_user", None, "postgres", "select current_user")?,
-        "trust_user"
-    );
-    assert_eq!(
-        pg.psql_as(
-            "scram_user",
-            Some("scram-pw"),
-            "appdb",
-            "select current_database()"
-        )?,
-        "appdb"
-    );
+    assert_eq!(pg.psql_as("scram_user", Some("scram-pw"), "appdb", "select current_user")?, "scram_user");
+    assert_eq!(pg.psql_as("md5_user", Some("md5-pw"), "postgres", "select current_user")?, "md5_user");
+    assert_eq!(pg.psql_as("trust_user", None, "postgres", "select current_user")?, "trust_user");
+    assert_eq!(pg.psql_as("scram_user", Some("scram-pw"), "appdb", "select current_database()")?, "appdb");
 
     for (user, wrong) in [("scram_user", "nope"), ("md5_user", "nope")] {
         let err = pg
@@ -130,27 +81,16 @@ fn scram_md5_and_trust_roles() -> Result<()> {
             .err()
             .with_context(|| format!("{user} with a wrong password must be refused"))?;
         let stderr = psql_stderr(&err)?;
-        assert!(
-            stderr.contains(&format!(
-                "password authentication failed for user \"{user}\""
-            )),
-            "{stderr}"
-        );
+        assert!(stderr.contains(&format!("password authentication failed for user \"{user}\"")), "{stderr}");
     }
 
     // The server really used the method each role was given.
     let log = std::fs::read_to_string(pg.log_path())?;
-    assert!(
-        log.contains("user=md5_user") && log.contains("method=md5"),
-        "{log}"
-    );
+    assert!(log.contains("user=md5_user") && log.contains("method=md5"), "{log}");
     assert!(log.contains("method=scram-sha-256"), "{log}");
     // trust_user has no password at all, so its login above went through its trust rule.
 
-    assert!(
-        pg.create_role("bad name", "x", PgAuth::ScramSha256)
-            .is_err()
-    );
+    assert!(pg.create_role("bad name", "x", PgAuth::ScramSha256).is_err());
     assert!(pg.create_role("nopw", "", PgAuth::Md5).is_err());
     Ok(())
 }
@@ -158,19 +98,13 @@ fn scram_md5_and_trust_roles() -> Result<()> {
 #[test]
 fn kill_postmaster_then_restart() -> Result<()> {
     let pg = Postgres::start()?;
-    pg.psql(
-        "postgres",
-        "create table t (v int); insert into t values (42)",
-    )?;
+    pg.psql("postgres", "create table t (v int); insert into t values (42)")?;
     assert!(pg.is_running());
 
     pg.kill_postmaster()?;
     assert!(!pg.is_running());
     assert!(!port_accepts(pg.port()));
-    let err = pg
-        .psql("postgres", "select 1")
-        .err()
-        .context("psql must fail while the server is dead")?;
+    let err = pg.psql("postgres", "select 1").err().context("psql must fail while the server is dead")?;
     let stderr = psql_stderr(&err)?;
     assert!(stderr.contains("Connection refused"), "{stderr}");
 
@@ -187,10 +121,7 @@ fn kill_postmaster_then_restart() -> Result<()> {
     // Someone else took the port while the server was down: restart says so.
     pg.stop()?;
     let squatter = std::net::TcpListener::bind(("127.0.0.1", pg.port()))?;
-    let err = pg
-        .restart()
-        .err()
-        .context("restart on a taken port must fail")?;
+    let err = pg.restart().err().context("restart on a taken port must fail")?;
     assert!(err.downcast_ref::<PortInUse>().is_some(), "{err:#}");
     drop(squatter);
     pg.restart()?;
@@ -234,10 +165,7 @@ fn drop_on_panic_stops_the_server() -> Result<()> {
     .join();
     assert!(joined.is_err(), "the thread should have panicked");
     let (port, dir) = rx.recv().context("the server never started")?;
-    assert!(
-        !port_accepts(port),
-        "127.0.0.1:{port} still accepts after a panic"
-    );
+    assert!(!port_accepts(port), "127.0.0.1:{port} still accepts after a panic");
     assert!(!dir.exists());
     Ok(())
 }

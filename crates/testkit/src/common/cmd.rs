@@ -86,10 +86,7 @@ pub fn describe(cmd: &Command) -> String {
 
 fn shell_word(arg: &OsStr) -> String {
     let s = arg.to_string_lossy();
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@%+".contains(c))
-    {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_=./:,@%+".contains(c)) {
         s.into_owned()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -101,11 +98,7 @@ enum Stream {
     Err,
 }
 
-fn spawn_reader<R: Read + Send + 'static>(
-    pipe: Option<R>,
-    which: Stream,
-    tx: mpsc::Sender<(Stream, Vec<u8>)>,
-) {
+fn spawn_reader<R: Read + Send + 'static>(pipe: Option<R>, which: Stream, tx: mpsc::Sender<(Stream, Vec<u8>)>) {
     if let Some(mut pipe) = pipe {
         thread::spawn(move || {
             let mut buf = Vec::new();
@@ -120,16 +113,10 @@ fn spawn_reader<R: Read + Send + 'static>(
 /// be started or does not finish in time; a non-zero exit is reported in [`Captured::status`].
 pub fn capture(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Result<Captured> {
     let shown = describe(cmd);
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("could not start `{shown}`"))?;
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("could not start `{shown}`"))?;
 
     if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
         let data = data.to_vec();
@@ -142,8 +129,7 @@ pub fn capture(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Re
     spawn_reader(child.stdout.take(), Stream::Out, tx.clone());
     spawn_reader(child.stderr.take(), Stream::Err, tx);
 
-    let waited = wait_with_deadline(&mut child, timeout)
-        .with_context(|| format!("waiting for `{shown}`"))?;
+    let waited = wait_with_deadline(&mut child, timeout).with_context(|| format!("waiting for `{shown}`"))?;
 
     // The pipes close when the command exits, unless it left a child holding them; give such
     // stragglers a moment, then go on with whatever arrived.
@@ -161,11 +147,7 @@ pub fn capture(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Re
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
 
     match waited {
-        Some(status) => Ok(Captured {
-            status,
-            stdout,
-            stderr,
-        }),
+        Some(status) => Ok(Captured { status, stdout, stderr }),
         None => Err(CommandFailed {
             command: shown,
             status: format!("did not finish within {timeout:?} and was killed"),
@@ -242,15 +224,10 @@ mod tests {
         let out = run_with_input(&mut Command::new("cat"), b"piped", SETUP_TIMEOUT)?;
         assert_eq!(out, "piped");
 
-        let err = run(
-            Command::new("sh").args(["-c", "echo oops >&2; exit 3"]),
-            SETUP_TIMEOUT,
-        )
-        .err()
-        .context("a failing command must be an error")?;
-        let failed = err
-            .downcast_ref::<CommandFailed>()
-            .context("error should carry CommandFailed")?;
+        let err = run(Command::new("sh").args(["-c", "echo oops >&2; exit 3"]), SETUP_TIMEOUT)
+            .err()
+            .context("a failing command must be an error")?;
+        let failed = err.downcast_ref::<CommandFailed>().context("error should carry CommandFailed")?;
         assert_eq!(failed.stderr, "oops\n");
         let text = err.to_string();
         assert!(text.contains("sh -c 'echo oops >&2; exit 3'"), "{text}");
@@ -261,9 +238,8 @@ mod tests {
     #[test]
     fn kills_at_the_deadline() -> Result<()> {
         let started = Instant::now();
-        let err = run(Command::new("sleep").arg("30"), Duration::from_millis(200))
-            .err()
-            .context("sleep 30 must time out")?;
+        let err =
+            run(Command::new("sleep").arg("30"), Duration::from_millis(200)).err().context("sleep 30 must time out")?;
         assert!(started.elapsed() < Duration::from_secs(10));
         assert!(err.to_string().contains("did not finish"), "{err}");
         Ok(())
@@ -271,10 +247,7 @@ mod tests {
 
     #[test]
     fn missing_program_is_named() {
-        let err = run(
-            &mut Command::new("/nonexistent/gatehouse-no-such-binary"),
-            SETUP_TIMEOUT,
-        );
+        let err = run(&mut Command::new("/nonexistent/gatehouse-no-such-binary"), SETUP_TIMEOUT);
         let text = err.err().map(|e| format!("{e:#}")).unwrap_or_default();
         assert!(text.contains("gatehouse-no-such-binary"), "{text}");
     }

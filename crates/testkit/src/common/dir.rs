@@ -21,11 +21,7 @@ fn parent_for(owner: &RunAs) -> PathBuf {
         return tmp;
     }
     let usual = std::env::temp_dir();
-    if usual.as_os_str().len() <= MAX_PARENT_LEN {
-        usual
-    } else {
-        tmp
-    }
+    if usual.as_os_str().len() <= MAX_PARENT_LEN { usual } else { tmp }
 }
 
 /// Makes a fresh directory named `<prefix>XXXXXX` with mode 0755 and gives it to `owner`.

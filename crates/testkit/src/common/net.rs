@@ -23,12 +23,9 @@ pub const START_ATTEMPTS: usize = 5;
 /// why starts go through [`start_on_free_port`].
 pub fn pick_free_port() -> Result<u16> {
     for _ in 0..20 {
-        let listener = TcpListener::bind(SocketAddrV4::new(LOOPBACK, 0))
-            .context("binding 127.0.0.1:0 to pick a free port")?;
-        let port = listener
-            .local_addr()
-            .context("reading the port of a socket bound to 127.0.0.1:0")?
-            .port();
+        let listener =
+            TcpListener::bind(SocketAddrV4::new(LOOPBACK, 0)).context("binding 127.0.0.1:0 to pick a free port")?;
+        let port = listener.local_addr().context("reading the port of a socket bound to 127.0.0.1:0")?.port();
         drop(listener);
         if !AVOID.contains(&port) {
             return Ok(port);
@@ -134,11 +131,7 @@ mod tests {
         let port = start_on_free_port("demo", |port| {
             calls += 1;
             if calls < 3 {
-                return Err(PortInUse {
-                    port,
-                    detail: "taken".into(),
-                }
-                .into());
+                return Err(PortInUse { port, detail: "taken".into() }.into());
             }
             Ok(port)
         })?;

@@ -13,12 +13,9 @@ use super::cmd::{self, SETUP_TIMEOUT};
 /// Reads the pid on the first line of a server's pid file (PostgreSQL's `postmaster.pid`,
 /// `redis.pid`, …).
 pub fn read_pid_file(path: &Path) -> Result<u32> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let first = text.lines().next().unwrap_or("").trim();
-    first
-        .parse()
-        .with_context(|| format!("{} starts with {first:?}, not a pid", path.display()))
+    first.parse().with_context(|| format!("{} starts with {first:?}, not a pid", path.display()))
 }
 
 /// `(state, parent pid)` from `/proc/<pid>/stat`, or `None` if there is no such process.
@@ -52,18 +49,11 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 /// Sends `signal` (a name such as `KILL` or `TERM`) to `pids` with the `kill` command. Processes
 /// that already exited are not an error.
 pub fn kill(pids: &[u32], signal: &str) -> Result<()> {
-    let alive: Vec<String> = pids
-        .iter()
-        .filter(|&&p| pid_alive(p))
-        .map(u32::to_string)
-        .collect();
+    let alive: Vec<String> = pids.iter().filter(|&&p| pid_alive(p)).map(u32::to_string).collect();
     if alive.is_empty() {
         return Ok(());
     }
-    let result = cmd::run(
-        Command::new("kill").args(["-s", signal]).args(&alive),
-        SETUP_TIMEOUT,
-    );
+    let result = cmd::run(Command::new("kill").args(["-s", signal]).args(&alive), SETUP_TIMEOUT);
     // A process may exit between the check and the signal; only complain about live ones.
     if let Err(e) = result
         && pids.iter().any(|&p| pid_alive(p))
@@ -106,9 +96,7 @@ mod tests {
 
     #[test]
     fn kill_tree_kills_parent_and_children() -> Result<()> {
-        let mut child = Command::new("sh")
-            .args(["-c", "sleep 60 & sleep 60 & wait"])
-            .spawn()?;
+        let mut child = Command::new("sh").args(["-c", "sleep 60 & sleep 60 & wait"]).spawn()?;
         let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(5);
         while children_of(pid).len() < 2 {

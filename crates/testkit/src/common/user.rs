@@ -34,9 +34,7 @@ pub fn effective_uid() -> Result<u32> {
         }
     }
     let out = cmd::run(Command::new("id").arg("-u"), SETUP_TIMEOUT)?;
-    out.trim()
-        .parse()
-        .with_context(|| format!("`id -u` printed {out:?}, not a number"))
+    out.trim().parse().with_context(|| format!("`id -u` printed {out:?}, not a number"))
 }
 
 /// Whether this process runs as root (effective uid 0). Assumes not root if that cannot be told.
@@ -82,9 +80,7 @@ impl Account {
         let id = |flag: &str| -> Result<u32> {
             let out = cmd::run(Command::new("id").args([flag, name]), SETUP_TIMEOUT)
                 .with_context(|| format!("looking up the account {name:?} to run servers as"))?;
-            out.trim()
-                .parse()
-                .with_context(|| format!("`id {flag} {name}` printed {out:?}, not a number"))
+            out.trim().parse().with_context(|| format!("`id {flag} {name}` printed {out:?}, not a number"))
         };
         let uid = id("-u")?;
         let gid = id("-g")?;
@@ -101,12 +97,7 @@ impl Account {
                  run servers as {name:?}"
             );
         };
-        Ok(Account {
-            name: name.to_owned(),
-            uid,
-            gid,
-            launcher,
-        })
+        Ok(Account { name: name.to_owned(), uid, gid, launcher })
     }
 
     /// The account's name.
@@ -173,10 +164,7 @@ impl RunAs {
             RunAs::Current => Ok(()),
             RunAs::User(acct) => {
                 cmd::run(
-                    Command::new("chown")
-                        .arg("-R")
-                        .arg(format!("{}:{}", acct.uid, acct.gid))
-                        .arg(path),
+                    Command::new("chown").arg("-R").arg(format!("{}:{}", acct.uid, acct.gid)).arg(path),
                     SETUP_TIMEOUT,
                 )
                 .with_context(|| format!("giving {} to {}", path.display(), acct.name))?;

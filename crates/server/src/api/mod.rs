@@ -1,0 +1,218 @@
+//! The REST API: `/api/v1/…` with bearer tokens and JSON, its OpenAPI document, and the
+//! unauthenticated `/healthz` and `/readyz`.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use gatehouse_audit::{AuditError, now_ms};
+use gatehouse_auth::AuthError;
+use gatehouse_core::Identity;
+use gatehouse_store::StoreError;
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::App;
+
+mod audit;
+mod connections;
+mod identities;
+mod policies;
+mod sessions;
+
+pub use connections::{ConnectionInput, CredentialInput, SecretInput};
+pub use identities::NewIdentity;
+pub use policies::CheckInput;
+
+pub type AppState = Arc<App>;
+
+/// Errors as every API response carries them: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{message}")]
+    Forbidden { message: String, policies: Vec<String> },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    Invalid { message: String, problems: Vec<String> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::Invalid { message: message.into(), problems: vec![] }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// `unauthenticated`, `forbidden`, `not_found`, `conflict`, `invalid`, `unavailable`, `internal`.
+    pub code: String,
+    pub message: String,
+    /// For `forbidden`: the `@id`s of the deciding policies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<String>>,
+    /// For `invalid`: every problem found, e.g. each policy error with its position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<String>>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let (status, code, policies, problems) = match self {
+            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated", None, None),
+            ApiError::Forbidden { policies, .. } => (StatusCode::FORBIDDEN, "forbidden", Some(policies), None),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None, None),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None, None),
+            ApiError::Invalid { problems, .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid", None, (!problems.is_empty()).then_some(problems))
+            }
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, None),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None, None),
+        };
+        let mut response =
+            (status, Json(ErrorBody { error: ErrorDetail { code: code.into(), message, policies, problems } }))
+                .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            StoreError::Corrupt(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        ApiError::Unavailable(format!("{e}; the change was not made"))
+    }
+}
+
+/// The authenticated caller of an API request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Identity);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthenticated("missing bearer token (Authorization: Bearer TOKEN)".into()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be 'Bearer TOKEN'".into()))?;
+        match app.auth.authenticate(token, now_ms()).await {
+            Ok(identity) => Ok(Caller(identity)),
+            Err(AuthError::Unavailable(e)) => Err(ApiError::Unavailable(e)),
+            Err(e) => Err(ApiError::Unauthenticated(e.to_string())),
+        }
+    }
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Gatehouse", description = "Management API of the Gatehouse access gateway."),
+    modifiers(&BearerAuth),
+    components(schemas(ErrorBody, ErrorDetail)),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+/// The whole HTTP surface of the API listener.
+pub fn router(app: AppState) -> Router {
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(identities::list, identities::create))
+        .routes(routes!(identities::show, identities::delete))
+        .routes(routes!(identities::rotate))
+        .routes(routes!(identities::whoami))
+        .routes(routes!(connections::list, connections::create))
+        .routes(routes!(connections::show, connections::update, connections::delete))
+        .routes(routes!(connections::test))
+        .routes(routes!(connections::add_credential))
+        .routes(routes!(connections::remove_credential))
+        .routes(routes!(policies::show, policies::set))
+        .routes(routes!(policies::schema))
+        .routes(routes!(policies::check))
+        .routes(routes!(sessions::list))
+        .routes(routes!(sessions::show))
+        .routes(routes!(audit::verify))
+        .split_for_parts();
+    let openapi = Arc::new(openapi);
+    router
+        .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(app)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    match app.store.ping().await {
+        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "unavailable", "store": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// RFC 3339 text of a Unix-millisecond time.
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}

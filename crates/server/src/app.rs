@@ -1,0 +1,223 @@
+//! The server's shared state and the management operations the REST API exposes: everything
+//! that authorises a management call, records it in the audit trail and then performs it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use gatehouse_audit::{AuditWriter, Entry, VerifyReport, new_session_id, now_ms};
+use gatehouse_auth::Authenticator;
+use gatehouse_core::{AuthzRequest, ConnectionInfo, Decision, Identity, IdentityKind, Outcome, Resource};
+use gatehouse_keys::Keys;
+use gatehouse_policy::PolicyEngine;
+use gatehouse_store::{SessionChange, SessionRecord, Store};
+use serde_json::json;
+use tokio::sync::RwLock;
+
+use crate::api::ApiError;
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct App {
+    pub data_dir: PathBuf,
+    pub store: Arc<dyn Store>,
+    pub keys: Arc<Keys>,
+    pub policy: PolicyEngine,
+    pub audit: AuditWriter,
+    pub auth: Authenticator,
+    /// The result of the audit chain check run at start-up (and refreshed by `audit verify`).
+    pub chain: RwLock<Option<VerifyReport>>,
+}
+
+/// The parts of the management API, as `Api::"…"` resources in policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    Identities,
+    Connections,
+    Policies,
+    Sessions,
+    Audit,
+}
+
+impl Area {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Area::Identities => "identities",
+            Area::Connections => "connections",
+            Area::Policies => "policies",
+            Area::Sessions => "sessions",
+            Area::Audit => "audit",
+        }
+    }
+}
+
+impl App {
+    pub fn head_path(&self) -> PathBuf {
+        self.data_dir.join(gatehouse_audit::HEAD_FILE)
+    }
+
+    /// Connection attributes policy needs for the given resources.
+    pub async fn connection_infos(&self, resources: &[Resource]) -> Result<Vec<ConnectionInfo>, ApiError> {
+        let mut out: Vec<ConnectionInfo> = Vec::new();
+        for name in resources.iter().filter_map(Resource::connection) {
+            if out.iter().any(|c| c.name == name) {
+                continue;
+            }
+            if let Some(rec) = self.store.get_connection(name).await? {
+                out.push(ConnectionInfo { name: rec.name, kind: rec.kind, tags: rec.tags });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Members of `admins` may always manage; anyone else needs `api.read` / `api.write` on
+    /// `Api::"<area>"` from policy. A management call is never held for review.
+    pub fn authorize(&self, caller: &Identity, area: Area, write: bool) -> Result<(), ApiError> {
+        if caller.is_admin() {
+            return Ok(());
+        }
+        let req = AuthzRequest {
+            principal: caller.clone(),
+            action: if write { "api.write" } else { "api.read" }.to_string(),
+            resources: vec![Resource::Api { area: area.as_str().to_string() }],
+            context: serde_json::Map::from_iter([("protocol".to_string(), json!("api"))]),
+        };
+        let decision = self.policy.decide(&req, &[]).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "management authorisation could not be evaluated; denying");
+            Decision::deny(vec![])
+        });
+        match decision.outcome {
+            Outcome::Allow => Ok(()),
+            Outcome::Review | Outcome::Deny => Err(ApiError::Forbidden {
+                message: format!(
+                    "{} {} on Api::\"{}\": {}",
+                    caller.entity_ref(),
+                    req.action,
+                    area.as_str(),
+                    decision.explain()
+                ),
+                policies: decision.policies,
+            }),
+        }
+    }
+
+    /// Authorises a management change, records it before it happens (write-ahead: if it cannot
+    /// be recorded it does not happen), runs it, and records its result.
+    pub async fn managed<T, F, Fut>(
+        &self,
+        caller: &Identity,
+        area: Area,
+        operation: &str,
+        target: &str,
+        details: serde_json::Value,
+        run: F,
+    ) -> Result<T, ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let session_id = new_session_id();
+        let start = self.session_start(&session_id, caller);
+        let authorized = self.authorize(caller, area, true);
+        let (decision, policies) = match &authorized {
+            Ok(()) => ("allow", vec![]),
+            Err(ApiError::Forbidden { policies, .. }) => ("deny", policies.clone()),
+            Err(_) => ("deny", vec![]),
+        };
+        let request = Entry {
+            session_id: Some(session_id.clone()),
+            kind: "request".into(),
+            payload: json!({
+                "action": "api.write",
+                "resource": format!("Api::\"{}\"", area.as_str()),
+                "operation": operation,
+                "target": target,
+                "details": details,
+                "decision": decision,
+                "policies": policies,
+                "builtin": caller.is_admin(),
+            }),
+            session_change: Some(SessionChange::Request { id: session_id.clone(), denied: authorized.is_err() }),
+        };
+        if let Err(e) = authorized {
+            let end = self.session_end(&session_id, "denied");
+            self.audit.record(vec![start, request, end]).await?;
+            return Err(e);
+        }
+        self.audit.record(vec![start, request]).await?;
+        let started = std::time::Instant::now();
+        let result = run().await;
+        let outcome = Entry {
+            session_id: Some(session_id.clone()),
+            kind: "request.result".into(),
+            payload: match &result {
+                Ok(_) => json!({"status": "ok", "duration_ms": started.elapsed().as_secs_f64() * 1000.0}),
+                Err(e) => {
+                    json!({"status": "error", "error": e.to_string(), "duration_ms": started.elapsed().as_secs_f64() * 1000.0})
+                }
+            },
+            session_change: None,
+        };
+        let end = self.session_end(&session_id, "completed");
+        if let Err(e) = self.audit.record(vec![outcome, end]).await {
+            tracing::error!(error = %e, %operation, "the result of a management change could not be recorded");
+        }
+        result
+    }
+
+    fn session_start(&self, session_id: &str, caller: &Identity) -> Entry {
+        Entry {
+            session_id: Some(session_id.to_string()),
+            kind: "session.start".into(),
+            payload: json!({
+                "identity": caller.name,
+                "identity_kind": caller.kind,
+                "groups": caller.groups,
+                "protocol": "api",
+            }),
+            session_change: Some(SessionChange::Open(SessionRecord {
+                id: session_id.to_string(),
+                identity: caller.name.clone(),
+                identity_kind: caller.kind,
+                connection: None,
+                protocol: "api".into(),
+                client_addr: None,
+                started_at: now_ms(),
+                ended_at: None,
+                end_reason: None,
+                requests: 0,
+                denied: 0,
+            })),
+        }
+    }
+
+    fn session_end(&self, session_id: &str, reason: &str) -> Entry {
+        Entry {
+            session_id: Some(session_id.to_string()),
+            kind: "session.end".into(),
+            payload: json!({"reason": reason}),
+            session_change: Some(SessionChange::Close {
+                id: session_id.to_string(),
+                ended_at: now_ms(),
+                reason: reason.into(),
+            }),
+        }
+    }
+
+    /// Records a server-level event (start-up, bootstrap, shutdown) outside any session.
+    pub async fn record_server_event(&self, kind: &str, payload: serde_json::Value) -> Result<(), ApiError> {
+        self.audit.record_one(Entry { session_id: None, kind: kind.into(), payload, session_change: None }).await?;
+        Ok(())
+    }
+}
+
+/// The identity behind `Service::"name"` for `policies check`, with the groups it has now.
+pub fn principal_kind(text: &str) -> Option<(IdentityKind, String)> {
+    let (ty, rest) = text.trim().split_once("::")?;
+    let name = rest.strip_prefix('"')?.strip_suffix('"')?;
+    let kind = match ty {
+        "Service" => IdentityKind::Service,
+        "User" => IdentityKind::User,
+        _ => return None,
+    };
+    (!name.is_empty() && !name.contains('"')).then(|| (kind, name.to_string()))
+}

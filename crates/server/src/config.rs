@@ -1,0 +1,408 @@
+//! The server's configuration: TOML file, then `GATEHOUSE_…` environment variables, then
+//! command-line flags, over built-in defaults. Every problem is reported as one line naming the
+//! key (and the variable, when it came from the environment).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables that start with `GATEHOUSE_` but are not configuration keys.
+pub const NOT_CONFIG_ENV: &[&str] = &["GATEHOUSE_SERVER", "GATEHOUSE_TOKEN", "GATEHOUSE_MASTER_KEY"];
+const TOP_LEVEL: &[&str] = &["data_dir", "store"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the store, keys, tokens and generated certificates live.
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH`, a plain path, or empty for `<data_dir>/gatehouse.db`.
+    pub store: String,
+    pub listen: Listen,
+    pub audit: Audit,
+    pub log: Log,
+    pub server: Server,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./gatehouse-data"),
+            store: String::new(),
+            listen: Listen::default(),
+            audit: Audit::default(),
+            log: Log::default(),
+            server: Server::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// REST API (and, later, the web console and MCP).
+    pub api: String,
+    pub postgres: String,
+    pub mysql: String,
+    pub redis: String,
+    pub ssh: String,
+    pub http: String,
+    /// Serve plain HTTP on a non-loopback address without TLS (logged as a warning).
+    #[serde(deserialize_with = "lenient::bool")]
+    pub allow_plaintext: bool,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            api: "127.0.0.1:8800".into(),
+            postgres: "127.0.0.1:15432".into(),
+            mysql: "127.0.0.1:13306".into(),
+            redis: "127.0.0.1:16379".into(),
+            ssh: "127.0.0.1:12222".into(),
+            http: "127.0.0.1:18080".into(),
+            allow_plaintext: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    /// `batch` (every commit forced to disk, the default) or `off` (committed to the store's
+    /// log, which survives a killed gateway, and left to the OS to write back).
+    pub fsync: String,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit { fsync: "batch".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A `tracing` filter: `info`, `debug`, `gatehouse=debug,info`, …
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into(), format: "text".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// How long open sessions may finish after `SIGTERM` before they are cut.
+    pub shutdown_grace: String,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server { shutdown_grace: "30s".into() }
+    }
+}
+
+/// Values taken from flags, which override everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub store: Option<String>,
+}
+
+/// What the store setting resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+}
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub store: StoreLocation,
+    /// `None` when a listener is disabled with an empty address.
+    pub api_addr: Option<SocketAddr>,
+    pub shutdown_grace: Duration,
+    pub fsync_each_batch: bool,
+}
+
+/// Loads the configuration from an optional file, the process environment and the flags.
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Loaded, String> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    load_from(file, &env, overrides)
+}
+
+fn load_from(file: Option<&Path>, env: &[(String, String)], overrides: &Overrides) -> Result<Loaded, String> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("config error: {}: {e}", path.display()))?;
+            text.parse::<toml::Table>().map_err(|e| {
+                let msg = e.message().to_string();
+                let at = e.span().map(|s| line_col(&text, s.start)).unwrap_or_default();
+                format!("config error: {}{at}: {msg}", path.display())
+            })?
+        }
+        None => toml::Table::new(),
+    };
+    let mut from_env: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("GATEHOUSE_") else { continue };
+        if NOT_CONFIG_ENV.contains(&name.as_str()) || rest.is_empty() {
+            continue;
+        }
+        let key = rest.to_ascii_lowercase();
+        let path = if TOP_LEVEL.contains(&key.as_str()) {
+            table.insert(key.clone(), toml::Value::String(value.clone()));
+            key
+        } else {
+            let Some((section, field)) = key.split_once('_') else {
+                return Err(format!(
+                    "config error: {name}: not a configuration variable (expected GATEHOUSE_<SECTION>_<KEY>)"
+                ));
+            };
+            let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(section_table) = entry else {
+                return Err(format!("config error: {name}: {section} is not a section"));
+            };
+            section_table.insert(field.to_string(), toml::Value::String(value.clone()));
+            format!("{section}.{field}")
+        };
+        from_env.insert(path, name.clone());
+    }
+    let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let source = from_env.get(&path).map(|v| format!(" (from {v})")).unwrap_or_default();
+        let inner = e.into_inner().to_string();
+        let inner = inner.lines().next().unwrap_or_default().trim().to_string();
+        if path == "." { format!("config error: {inner}") } else { format!("config error: {path}: {inner}{source}") }
+    })?;
+    if let Some(d) = &overrides.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Some(s) = &overrides.store {
+        config.store = s.clone();
+    }
+    validate(config, &from_env)
+}
+
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    format!(" line {line}, column {col}")
+}
+
+fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loaded, String> {
+    let err = |key: &str, problem: String| {
+        let source = from_env.get(key).map(|v| format!(" (from {v})")).unwrap_or_default();
+        format!("config error: {key}: {problem}{source}")
+    };
+    if config.data_dir.as_os_str().is_empty() {
+        return Err(err("data_dir", "must not be empty".into()));
+    }
+    let store = if config.store.is_empty() {
+        StoreLocation::Sqlite(config.data_dir.join("gatehouse.db"))
+    } else if let Some(path) = config.store.strip_prefix("sqlite://") {
+        StoreLocation::Sqlite(PathBuf::from(path))
+    } else if config.store.starts_with("postgres://") || config.store.starts_with("postgresql://") {
+        return Err(err(
+            "store",
+            "the PostgreSQL store back-end is not available in this version; use SQLite (leave store empty)".into(),
+        ));
+    } else if config.store.contains("://") {
+        return Err(err(
+            "store",
+            format!("unsupported store URL {:?}; use sqlite://PATH or a file path", redact_url(&config.store)),
+        ));
+    } else {
+        StoreLocation::Sqlite(PathBuf::from(&config.store))
+    };
+    let l = &config.listen;
+    let mut api_addr = None;
+    for (key, value) in [
+        ("api", &l.api),
+        ("postgres", &l.postgres),
+        ("mysql", &l.mysql),
+        ("redis", &l.redis),
+        ("ssh", &l.ssh),
+        ("http", &l.http),
+    ] {
+        if value.is_empty() {
+            continue;
+        }
+        let addr: SocketAddr = value
+            .parse()
+            .map_err(|_| err(&format!("listen.{key}"), format!("{value:?} is not an address like 127.0.0.1:8800")))?;
+        if key == "api" {
+            api_addr = Some(addr);
+        }
+    }
+    if let Some(addr) = api_addr {
+        if !addr.ip().is_loopback() && !l.allow_plaintext {
+            return Err(err(
+                "listen.api",
+                format!(
+                    "{addr} is not a loopback address; the API would carry tokens in clear. Listen on loopback behind a TLS-terminating proxy, or set listen.allow_plaintext = true"
+                ),
+            ));
+        }
+    }
+    let fsync_each_batch = match config.audit.fsync.as_str() {
+        "batch" => true,
+        "off" => false,
+        other => return Err(err("audit.fsync", format!("{other:?} is not one of \"batch\", \"off\""))),
+    };
+    if !matches!(config.log.format.as_str(), "text" | "json") {
+        return Err(err("log.format", format!("{:?} is not one of \"text\", \"json\"", config.log.format)));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        return Err(err("log.level", format!("{:?}: {e}", config.log.level)));
+    }
+    let shutdown_grace = humantime::parse_duration(&config.server.shutdown_grace)
+        .map_err(|e| err("server.shutdown_grace", format!("{:?}: {e}", config.server.shutdown_grace)))?;
+    Ok(Loaded { config, store, api_addr, shutdown_grace, fsync_each_batch })
+}
+
+/// A URL with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***@{}", &url[..scheme_end], &url[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Loaded {
+    /// The effective settings as TOML, with secrets redacted.
+    pub fn effective_toml(&self) -> String {
+        let mut shown = self.config.clone();
+        shown.store = match &self.store {
+            StoreLocation::Sqlite(p) => format!("sqlite://{}", p.display()),
+        };
+        shown.store = redact_url(&shown.store);
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Accepts a value either typed or as a string (as environment variables give it).
+mod lenient {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum BoolOrString {
+        Bool(bool),
+        String(String),
+    }
+
+    pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        match BoolOrString::deserialize(d)? {
+            BoolOrString::Bool(b) => Ok(b),
+            BoolOrString::String(s) => match s.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" | "" => Ok(false),
+                _ => Err(D::Error::custom(format!("{s:?} is not true or false"))),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults() {
+        let l = load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(l.api_addr, Some("127.0.0.1:8800".parse().unwrap()));
+        assert_eq!(l.store, StoreLocation::Sqlite(PathBuf::from("./gatehouse-data/gatehouse.db")));
+        assert!(l.fsync_each_batch);
+        assert_eq!(l.config.listen.postgres, "127.0.0.1:15432");
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let f = file("data_dir = \"/from-file\"\n[listen]\npostgres = \"127.0.0.1:1\"\n");
+        let l = load_from(
+            Some(f.path()),
+            &env(&[
+                ("GATEHOUSE_LISTEN_POSTGRES", "127.0.0.1:6432"),
+                ("GATEHOUSE_DATA_DIR", "/from-env"),
+                ("GATEHOUSE_TOKEN", "ghs_x"),
+                ("GATEHOUSE_SERVER", "http://elsewhere"),
+                ("GATEHOUSE_MASTER_KEY", "k"),
+                ("GATEHOUSE_LISTEN_ALLOW_PLAINTEXT", "true"),
+            ]),
+            &Overrides { data_dir: Some("/from-flag".into()), store: None },
+        )
+        .unwrap();
+        assert_eq!(l.config.listen.postgres, "127.0.0.1:6432");
+        assert!(l.config.listen.allow_plaintext);
+        assert_eq!(l.config.data_dir, PathBuf::from("/from-flag"));
+    }
+
+    #[test]
+    fn errors_are_one_line_and_name_the_key() {
+        let e = load_from(None, &env(&[("GATEHOUSE_LISTEN_POSTGRES", "nope")]), &Overrides::default()).unwrap_err();
+        assert_eq!(e.lines().count(), 1);
+        assert!(e.contains("listen.postgres") && e.contains("GATEHOUSE_LISTEN_POSTGRES"), "{e}");
+
+        let f = file("[listen]\napi = 3\n");
+        let e = load_from(Some(f.path()), &[], &Overrides::default()).unwrap_err();
+        assert!(e.starts_with("config error: listen.api:"), "{e}");
+
+        let f = file("[lisen]\napi = \"x\"\n");
+        let e = load_from(Some(f.path()), &[], &Overrides::default()).unwrap_err();
+        assert!(e.contains("lisen") && e.lines().count() == 1, "{e}");
+
+        let f = file("[listen\n");
+        let e = load_from(Some(f.path()), &[], &Overrides::default()).unwrap_err();
+        assert!(e.contains("line 1") && e.lines().count() == 1, "{e}");
+
+        let e = load_from(None, &env(&[("GATEHOUSE_AUDIT_FSYNC", "sometimes")]), &Overrides::default()).unwrap_err();
+        assert!(e.contains("audit.fsync"), "{e}");
+
+        let e = load_from(None, &env(&[("GATEHOUSE_LISTEN_API", "0.0.0.0:8800")]), &Overrides::default()).unwrap_err();
+        assert!(e.contains("allow_plaintext"), "{e}");
+
+        let e = load_from(None, &env(&[("GATEHOUSE_STORE", "postgres://u:secret@db/g")]), &Overrides::default())
+            .unwrap_err();
+        assert!(e.contains("store") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn empty_address_disables_a_listener() {
+        let l = load_from(None, &env(&[("GATEHOUSE_LISTEN_API", "")]), &Overrides::default()).unwrap();
+        assert_eq!(l.api_addr, None);
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("sqlite:///x"), "sqlite:///x");
+    }
+}

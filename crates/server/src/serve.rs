@@ -1,0 +1,224 @@
+//! `gatehouse serve`: opens the data directory, the store and the audit trail, bootstraps the
+//! `admin` identity on an empty store, serves the API, and drains on `SIGTERM`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use gatehouse_audit::{AuditWriter, FsyncPolicy, HEAD_FILE, now_ms};
+use gatehouse_auth::{Authenticator, issue_token};
+use gatehouse_core::{ADMIN_GROUP, IdentityKind};
+use gatehouse_keys::Keys;
+use gatehouse_policy::PolicyEngine;
+use gatehouse_store::{IdentityRecord, SqliteStore, Store};
+use serde_json::json;
+use tokio::sync::RwLock;
+
+use crate::app::App;
+use crate::config::{Loaded, StoreLocation};
+
+/// The bootstrap identity's name and its token file.
+pub const ADMIN: &str = "admin";
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+pub fn init_logging(level: &str, json: bool) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens everything `serve` and offline commands need.
+pub async fn open(loaded: &Loaded, create: bool) -> anyhow::Result<(Arc<dyn Store>, Arc<Keys>)> {
+    let data_dir = &loaded.config.data_dir;
+    if create {
+        create_data_dir(data_dir)?;
+    } else if !data_dir.is_dir() {
+        anyhow::bail!("data directory {} does not exist", data_dir.display());
+    }
+    let (keys, source) = Keys::load(data_dir, create)?;
+    tracing::info!(source = %source, "master key loaded");
+    let store: Arc<dyn Store> = match &loaded.store {
+        StoreLocation::Sqlite(path) => {
+            if !create && !path.exists() {
+                anyhow::bail!("no store at {}", path.display());
+            }
+            Arc::new(SqliteStore::open(path, loaded.fsync_each_batch)?)
+        }
+    };
+    Ok((store, Arc::new(keys)))
+}
+
+async fn bootstrap(app: &App) -> anyhow::Result<()> {
+    if !app.store.list_identities().await?.is_empty() {
+        return Ok(());
+    }
+    let issued = issue_token(&app.keys)?;
+    let path = app.data_dir.join(ADMIN_TOKEN_FILE);
+    let now = now_ms();
+    app.record_server_event(
+        "bootstrap",
+        json!({"identity": ADMIN, "groups": [ADMIN_GROUP], "token_file": ADMIN_TOKEN_FILE}),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    app.store
+        .create_identity(IdentityRecord {
+            name: ADMIN.into(),
+            kind: IdentityKind::Service,
+            groups: vec![ADMIN_GROUP.into()],
+            token_hash: Some(issued.hash),
+            created_at: now,
+            expires_at: None,
+            last_used_at: None,
+            token_rotated_at: None,
+        })
+        .await?;
+    // A token file left from an earlier store is useless now: replace it.
+    if path.exists() {
+        std::fs::remove_file(&path)?;
+    }
+    gatehouse_keys::write_private(&path, format!("{}\n", issued.token.expose()).as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(path = %path.display(), "created the bootstrap identity 'admin' (group admins); its token is in this file");
+    Ok(())
+}
+
+pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
+    let (store, keys) = open(&loaded, true).await?;
+    let data_dir = loaded.config.data_dir.clone();
+    let fsync = if loaded.fsync_each_batch { FsyncPolicy::EveryBatch } else { FsyncPolicy::Off };
+    let (audit, writer_task) = AuditWriter::start(store.clone(), keys.clone(), data_dir.join(HEAD_FILE), fsync).await?;
+
+    let policy = PolicyEngine::new();
+    if let Some(current) = store.current_policy().await? {
+        match policy.set(&current.text) {
+            Ok(summary) => {
+                tracing::info!(version = current.version, policies = summary.policies.len(), "policy set loaded")
+            }
+            Err(e) => {
+                tracing::error!(version = current.version, error = %e, "the stored policy set does not load; everything but the built-in admin rights is denied until a valid set is applied")
+            }
+        }
+    }
+
+    let app = Arc::new(App {
+        data_dir: data_dir.clone(),
+        auth: Authenticator::new(store.clone(), keys.clone()),
+        store,
+        keys,
+        policy,
+        audit,
+        chain: RwLock::new(None),
+    });
+    bootstrap(&app).await?;
+
+    let checker = app.clone();
+    tokio::spawn(async move {
+        match gatehouse_audit::verify(checker.store.as_ref(), &checker.keys, &checker.head_path()).await {
+            Ok(report) => {
+                if report.ok {
+                    tracing::info!(events = report.events, "audit chain verified");
+                } else {
+                    tracing::error!(result = %report.line(), "AUDIT CHAIN BROKEN; the gateway keeps serving and recording");
+                }
+                *checker.chain.write().await = Some(report);
+            }
+            Err(e) => tracing::error!(error = %e, "the audit chain could not be checked"),
+        }
+    });
+
+    app.record_server_event("server.start", json!({"version": env!("CARGO_PKG_VERSION")}))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let listener = match loaded.api_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (listen.api)"))?;
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the API listens in plain HTTP on a non-loopback address (listen.allow_plaintext)");
+            }
+            tracing::info!(addr = %listener.local_addr()?, "API listening");
+            Some(listener)
+        }
+        None => {
+            tracing::info!("API listener disabled (listen.api is empty)");
+            None
+        }
+    };
+
+    let grace = loaded.shutdown_grace;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = listener.map(|listener| {
+        let mut stop = stop_rx.clone();
+        let router = crate::api::router(app.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    });
+
+    let signal = shutdown_signal().await;
+    tracing::info!(%signal, grace = ?grace, "draining: listeners closed, open requests may finish");
+    let _ = stop_tx.send(true);
+    if let Some(server) = server {
+        if tokio::time::timeout(grace, server).await.is_err() {
+            tracing::warn!("grace period over; cutting the remaining connections");
+        }
+    }
+    if let Err(e) = app.record_server_event("server.stop", json!({"signal": signal})).await {
+        tracing::error!(error = %e, "could not record the shutdown");
+    }
+    drop(app);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), writer_task).await.is_err() {
+        tracing::error!("the audit writer did not finish flushing in time");
+    } else {
+        tracing::info!("audit trail flushed; stopped");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupt"
+    }
+}

@@ -1,0 +1,123 @@
+//! The server process: health endpoints, the public OpenAPI document, configuration errors,
+//! environment variables that are not configuration, and a clean drain on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+#[test]
+fn health_readiness_and_openapi_need_no_token() {
+    let gw = gateway();
+    let h = curl("GET", &format!("{}/healthz", gw.url()), None, None);
+    assert_eq!((h.status, h.json()["status"].as_str()), (200, Some("ok")));
+    let r = curl("GET", &format!("{}/readyz", gw.url()), None, None);
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ready")));
+    let doc = curl("GET", &format!("{}/api/v1/openapi.json", gw.url()), None, None);
+    assert_eq!(doc.status, 200);
+    let doc = doc.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/identities",
+        "/api/v1/connections/{name}",
+        "/api/v1/policies/check",
+        "/api/v1/sessions",
+        "/api/v1/audit/verify",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+    // Everything else needs a token, and errors have the documented shape.
+    let e = curl("GET", &format!("{}/api/v1/identities", gw.url()), None, None);
+    assert_eq!(e.status, 401);
+    assert_eq!(e.json()["error"]["code"], "unauthenticated");
+    let e = curl("GET", &format!("{}/api/v1/nope", gw.url()), Some(gw.admin_token()), None);
+    assert_eq!((e.status, e.json()["error"]["code"].as_str()), (404, Some("not_found")));
+    let e = curl(
+        "POST",
+        &format!("{}/api/v1/identities", gw.url()),
+        Some(gw.admin_token()),
+        Some(r#"{"name": "x", "bogus": 1}"#),
+    );
+    assert_eq!(e.status, 422, "{}", e.body);
+}
+
+#[test]
+fn client_variables_do_not_disturb_serve() {
+    let mut gw =
+        Gateway::start_with(bin(), &[("GATEHOUSE_TOKEN", "ghs_garbage"), ("GATEHOUSE_SERVER", "not a url at all")])
+            .expect("serve ignores the client's variables");
+    assert_eq!(curl("GET", &format!("{}/readyz", gw.url()), None, None).status, 200);
+    assert_eq!(gw.terminate().unwrap(), Some(0));
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero_and_restart_keeps_everything() {
+    let mut gw = gateway();
+    let token = gw.cli_ok(&["identities", "add", "keeper", "--groups", "g"]).unwrap();
+    assert_eq!(gw.terminate().unwrap(), Some(0));
+    assert!(gw.log().contains("draining") && gw.log().contains("audit trail flushed"), "{}", gw.log());
+    gw.restart().unwrap();
+    let r = curl("GET", &format!("{}/api/v1/whoami", gw.url()), Some(token.trim()), None);
+    assert_eq!(r.status, 200, "identities survive a restart");
+    // A second start on a non-empty store does not replace the bootstrap token.
+    let r = curl("GET", &format!("{}/api/v1/whoami", gw.url()), Some(gw.admin_token()), None);
+    assert_eq!(r.status, 200);
+}
+
+fn serve_fails(env: &[(&str, &str)], config: Option<&str>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve").arg("--data-dir").arg(dir.path().join("data"));
+    if let Some(text) = config {
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, text).unwrap();
+        cmd.arg("--config").arg(path);
+    }
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("GATEHOUSE_")) {
+        cmd.env_remove(k);
+    }
+    let out = cmd.envs(env.iter().copied()).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a bad config stops the server at start");
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+    assert!(!dir.path().join("data").exists(), "nothing is created for a bad config");
+    err
+}
+
+#[test]
+fn bad_config_is_one_line_naming_the_key() {
+    let e = serve_fails(&[("GATEHOUSE_LISTEN_POSTGRES", "localhost")], None);
+    assert!(e.contains("listen.postgres") && e.contains("GATEHOUSE_LISTEN_POSTGRES"), "{e}");
+    let e = serve_fails(&[], Some("[listen]\napi = \"127.0.0.1:99999\"\n"));
+    assert!(e.contains("listen.api"), "{e}");
+    let e = serve_fails(&[], Some("[audit]\nfsync = \"never\"\n"));
+    assert!(e.contains("audit.fsync"), "{e}");
+    let e = serve_fails(&[], Some("[listne]\napi = \"127.0.0.1:1\"\n"));
+    assert!(e.contains("listne"), "{e}");
+    let e = serve_fails(&[], Some("data_dir = [\n"));
+    assert!(e.contains("line 1"), "{e}");
+    let e = serve_fails(&[("GATEHOUSE_LISTEN_API", "0.0.0.0:8800")], None);
+    assert!(e.contains("allow_plaintext"), "{e}");
+}
+
+#[test]
+fn config_check_prints_effective_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["config", "check", "--data-dir"])
+        .arg(dir.path())
+        .env("GATEHOUSE_LISTEN_POSTGRES", "127.0.0.1:6432")
+        .env("GATEHOUSE_MASTER_KEY", "c2VjcmV0LWtleS1tYXRlcmlhbC1kby1ub3QtcHJpbnQh")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("postgres = \"127.0.0.1:6432\""), "{text}");
+    assert!(text.contains("api = \"127.0.0.1:8800\""), "{text}");
+    assert!(
+        text.contains("GATEHOUSE_MASTER_KEY") && !text.contains("c2VjcmV0"),
+        "the key's source, never the key: {text}"
+    );
+}
