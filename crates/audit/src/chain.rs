@@ -56,10 +56,8 @@ pub fn write_head(path: &Path, head: &ChainHead, fsync: bool) -> std::io::Result
         }
     }
     std::fs::rename(&tmp, path)?;
-    if fsync {
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+    if fsync && let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }

@@ -70,16 +70,16 @@ pub async fn verify(store: &dyn Store, keys: &Keys, head_path: &Path) -> Result<
                     format!("{} event does not match its MAC (edited, reordered or forged)", e.kind),
                 ));
             }
-            if let Some(h) = &head {
-                if h.seq == e.seq {
-                    head_seen = true;
-                    if hex::encode(&e.mac) != h.mac {
-                        return Ok(VerifyReport::bad(
-                            expected - 1,
-                            Some(e.seq),
-                            "does not match the chain head kept outside the store (replaced)".into(),
-                        ));
-                    }
+            if let Some(h) = &head
+                && h.seq == e.seq
+            {
+                head_seen = true;
+                if hex::encode(&e.mac) != h.mac {
+                    return Ok(VerifyReport::bad(
+                        expected - 1,
+                        Some(e.seq),
+                        "does not match the chain head kept outside the store (replaced)".into(),
+                    ));
                 }
             }
             prev = e.mac.clone();

@@ -70,16 +70,16 @@ impl AuditWriter {
         let last = store.last_event().await.map_err(|e| AuditError::Unavailable(e.to_string()))?;
         let head = crate::read_head(&head_path).map_err(AuditError::Unavailable)?;
         let (mut seq, mut prev) = last.unwrap_or((0, vec![0u8; 32]));
-        if let Some(h) = head {
-            if h.seq > seq {
-                tracing::error!(
-                    store_last = seq,
-                    head = h.seq,
-                    "the audit chain head is ahead of the store: events were deleted; continuing after the head so the gap stays visible"
-                );
-                seq = h.seq;
-                prev = hex::decode(&h.mac).unwrap_or_else(|_| vec![0u8; 32]);
-            }
+        if let Some(h) = head
+            && h.seq > seq
+        {
+            tracing::error!(
+                store_last = seq,
+                head = h.seq,
+                "the audit chain head is ahead of the store: events were deleted; continuing after the head so the gap stays visible"
+            );
+            seq = h.seq;
+            prev = hex::decode(&h.mac).unwrap_or_else(|_| vec![0u8; 32]);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(WriterStats::default());
@@ -180,11 +180,11 @@ impl Task {
             }
             Err(e) => {
                 // Resynchronise with what the store really holds before the next batch.
-                if let Ok(Some((s, m))) = self.store.last_event().await {
-                    if s >= self.seq {
-                        self.seq = s;
-                        self.prev = m;
-                    }
+                if let Ok(Some((s, m))) = self.store.last_event().await
+                    && s >= self.seq
+                {
+                    self.seq = s;
+                    self.prev = m;
                 }
                 Err(AuditError::Unavailable(e.to_string()))
             }

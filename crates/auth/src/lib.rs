@@ -82,10 +82,10 @@ impl Authenticator {
         if record.expires_at.is_some_and(|exp| exp <= now) {
             return Err(AuthError::Expired);
         }
-        if self.should_touch(&record.name, now) {
-            if let Err(e) = self.store.touch_identity(&record.name, now).await {
-                tracing::warn!(identity = %record.name, error = %e, "could not record last use");
-            }
+        if self.should_touch(&record.name, now)
+            && let Err(e) = self.store.touch_identity(&record.name, now).await
+        {
+            tracing::warn!(identity = %record.name, error = %e, "could not record last use");
         }
         Ok(identity_of(&record))
     }

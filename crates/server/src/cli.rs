@@ -47,7 +47,7 @@ enum Command {
     Identities(IdentitiesCommand),
     /// Registered resources and their credentials.
     #[command(subcommand)]
-    Connections(ConnectionsCommand),
+    Connections(Box<ConnectionsCommand>),
     /// The Cedar policy set.
     #[command(subcommand)]
     Policies(PoliciesCommand),
@@ -616,7 +616,7 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
                 println!("{}", s(&v["token"]));
             }
         },
-        Command::Connections(cmd) => match cmd {
+        Command::Connections(cmd) => match cmd.as_ref() {
             ConnectionsCommand::Add { name, flags } => {
                 let input = flags.input(name).map_err(Failure)?;
                 let v: Value = c.call(Method::POST, "/api/v1/connections", Some(serde_json::to_value(input)?)).await?;

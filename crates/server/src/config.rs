@@ -245,15 +245,16 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
             api_addr = Some(addr);
         }
     }
-    if let Some(addr) = api_addr {
-        if !addr.ip().is_loopback() && !l.allow_plaintext {
-            return Err(err(
-                "listen.api",
-                format!(
-                    "{addr} is not a loopback address; the API would carry tokens in clear. Listen on loopback behind a TLS-terminating proxy, or set listen.allow_plaintext = true"
-                ),
-            ));
-        }
+    if let Some(addr) = api_addr
+        && !addr.ip().is_loopback()
+        && !l.allow_plaintext
+    {
+        return Err(err(
+            "listen.api",
+            format!(
+                "{addr} is not a loopback address; the API would carry tokens in clear. Listen on loopback behind a TLS-terminating proxy, or set listen.allow_plaintext = true"
+            ),
+        ));
     }
     let fsync_each_batch = match config.audit.fsync.as_str() {
         "batch" => true,

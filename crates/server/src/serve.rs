@@ -184,10 +184,10 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let signal = shutdown_signal().await;
     tracing::info!(%signal, grace = ?grace, "draining: listeners closed, open requests may finish");
     let _ = stop_tx.send(true);
-    if let Some(server) = server {
-        if tokio::time::timeout(grace, server).await.is_err() {
-            tracing::warn!("grace period over; cutting the remaining connections");
-        }
+    if let Some(server) = server
+        && tokio::time::timeout(grace, server).await.is_err()
+    {
+        tracing::warn!("grace period over; cutting the remaining connections");
     }
     if let Err(e) = app.record_server_event("server.stop", json!({"signal": signal})).await {
         tracing::error!(error = %e, "could not record the shutdown");

@@ -343,7 +343,7 @@ fn build(
             return Err(ApiError::invalid("port 0 is not a port"));
         }
     }
-    for (k, _) in &r.tags {
+    for k in r.tags.keys() {
         if k.is_empty() || k.chars().any(|c| c.is_whitespace() || c == '=') {
             return Err(ApiError::invalid(format!("tag key {k:?} must be non-empty without spaces or '='")));
         }

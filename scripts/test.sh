@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs Gatehouse's whole test suite on a fresh machine: installs what the tests need and is
+# missing (Debian packages with apt-get, cargo-nextest with cargo), then runs every test with
+# cargo nextest. Tests start their own servers on loopback ports picked at run time; they do not
+# use services already running on the machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+packages=()
+command -v curl >/dev/null 2>&1 || packages+=(curl)
+command -v psql >/dev/null 2>&1 || packages+=(postgresql-client)
+if ! command -v pg_config >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    packages+=(postgresql)
+fi
+command -v runuser >/dev/null 2>&1 || packages+=(util-linux)
+command -v cc >/dev/null 2>&1 || packages+=(gcc)
+
+if [ "${#packages[@]}" -gt 0 ]; then
+    echo "installing: ${packages[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}"
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
+
+cargo nextest run --workspace --profile ci "$@"
