@@ -31,6 +31,9 @@ struct Cli {
     /// Bearer token for the API (else the token saved by `gatehouse login`).
     #[arg(long, global = true, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A CA certificate (PEM) to trust for an https:// server, besides the system's.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -425,8 +428,14 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Failure(format!("--server {base:?} must be an http:// or https:// URL")));
         }
-        let http =
-            reqwest::Client::builder().user_agent(concat!("gatehouse-cli/", env!("CARGO_PKG_VERSION"))).build()?;
+        let mut builder = reqwest::Client::builder().user_agent(concat!("gatehouse-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &cli.ca_file {
+            let pem = std::fs::read(path).map_err(|e| Failure(format!("--ca-file {}: {e}", path.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| Failure(format!("--ca-file {}: {e}", path.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build()?;
         Ok(Client { base, token: cli.token.clone().or_else(saved_token), http })
     }
 
@@ -444,7 +453,10 @@ impl Client {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req.send().await.map_err(|e| Failure(format!("cannot reach the gateway at {}: {e}", self.base)))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Failure(format!("cannot reach the gateway at {}: {}", self.base, chain(&e))))?;
         let status = resp.status();
         let text = resp.text().await?;
         if status.is_success() {
@@ -469,6 +481,21 @@ impl Client {
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
         self.call(reqwest::Method::GET, path, None).await
     }
+}
+
+/// An error with its causes, `outer: inner: innermost`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {

@@ -21,6 +21,7 @@ pub struct Config {
     /// `sqlite://PATH`, a plain path, or empty for `<data_dir>/gatehouse.db`.
     pub store: String,
     pub listen: Listen,
+    pub tls: Tls,
     pub audit: Audit,
     pub log: Log,
     pub server: Server,
@@ -32,6 +33,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./gatehouse-data"),
             store: String::new(),
             listen: Listen::default(),
+            tls: Tls::default(),
             audit: Audit::default(),
             log: Log::default(),
             server: Server::default(),
@@ -66,6 +68,16 @@ impl Default for Listen {
             allow_plaintext: false,
         }
     }
+}
+
+/// The certificate the gateway presents on its TLS listeners (PEM files).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Certificate chain, leaf first.
+    pub cert: String,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +142,8 @@ pub struct Loaded {
     pub store: StoreLocation,
     /// `None` when a listener is disabled with an empty address.
     pub api_addr: Option<SocketAddr>,
+    /// Set when `[tls] cert` and `key` are configured: the API is then served over HTTPS.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub shutdown_grace: Duration,
     pub fsync_each_batch: bool,
 }
@@ -245,14 +259,28 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
             api_addr = Some(addr);
         }
     }
+    let tls = match (config.tls.cert.is_empty(), config.tls.key.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some(
+            crate::tls::server_config(Path::new(&config.tls.cert), Path::new(&config.tls.key), &[b"h2", b"http/1.1"])
+                .map_err(|e| {
+                let key = if e.starts_with("tls.key") { "tls.key" } else { "tls.cert" };
+                let source = from_env.get(key).map(|v| format!(" (from {v})")).unwrap_or_default();
+                format!("config error: {e}{source}")
+            })?,
+        ),
+        (false, true) => return Err(err("tls.key", "is required with tls.cert".into())),
+        (true, false) => return Err(err("tls.cert", "is required with tls.key".into())),
+    };
     if let Some(addr) = api_addr
         && !addr.ip().is_loopback()
+        && tls.is_none()
         && !l.allow_plaintext
     {
         return Err(err(
             "listen.api",
             format!(
-                "{addr} is not a loopback address; the API would carry tokens in clear. Listen on loopback behind a TLS-terminating proxy, or set listen.allow_plaintext = true"
+                "{addr} is not a loopback address; the API would carry tokens in clear. Configure [tls] cert and key, or set listen.allow_plaintext = true"
             ),
         ));
     }
@@ -269,7 +297,7 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
     }
     let shutdown_grace = humantime::parse_duration(&config.server.shutdown_grace)
         .map_err(|e| err("server.shutdown_grace", format!("{:?}: {e}", config.server.shutdown_grace)))?;
-    Ok(Loaded { config, store, api_addr, shutdown_grace, fsync_each_batch })
+    Ok(Loaded { config, store, api_addr, tls, shutdown_grace, fsync_each_batch })
 }
 
 /// A URL with any password replaced by `***`.

@@ -9,6 +9,7 @@ mod app;
 mod cli;
 mod config;
 mod serve;
+mod tls;
 
 fn main() -> std::process::ExitCode {
     cli::main()

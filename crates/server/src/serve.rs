@@ -155,10 +155,11 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (listen.api)"))?;
-            if !addr.ip().is_loopback() {
+            if !addr.ip().is_loopback() && loaded.tls.is_none() {
                 tracing::warn!(%addr, "the API listens in plain HTTP on a non-loopback address (listen.allow_plaintext)");
             }
-            tracing::info!(addr = %listener.local_addr()?, "API listening");
+            let scheme = if loaded.tls.is_some() { "https" } else { "http" };
+            tracing::info!(addr = %listener.local_addr()?, scheme, "API listening");
             Some(listener)
         }
         None => {
@@ -172,12 +173,19 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let server = listener.map(|listener| {
         let mut stop = stop_rx.clone();
         let router = crate::api::router(app.clone());
+        let tls = loaded.tls.clone();
         tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            match tls {
+                Some(config) => {
+                    axum::serve(crate::tls::TlsListener::new(listener, config)?, router)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                }
+                None => axum::serve(listener, router).with_graceful_shutdown(stopped).await,
+            }
         })
     });
 

@@ -70,6 +70,9 @@ fn edited_event_fails_verify_naming_it() {
     let (ok, line) = verify_online(&gw);
     assert!(!ok && line.contains(&format!("event {edited}:")), "{line}");
     assert!(gw.log().contains("AUDIT CHAIN BROKEN"), "{}", gw.log());
+    let ready = curl("GET", &format!("{}/readyz", gw.url()), None, None);
+    assert_eq!(ready.status, 200, "a broken chain is reported, not fatal");
+    assert!(ready.json()["audit_chain"].as_str().unwrap().starts_with("bad: "), "{}", ready.body);
     gw.cli_ok(&["identities", "list"]).unwrap();
 }
 

@@ -121,3 +121,69 @@ fn config_check_prints_effective_settings() {
         "the key's source, never the key: {text}"
     );
 }
+
+#[test]
+fn api_over_tls_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = (dir.path().join("ca.crt"), dir.path().join("api.crt"), dir.path().join("api.key"));
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir.path()).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+    };
+    // A CA, and a server certificate for 127.0.0.1 signed by it.
+    openssl(
+        &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"]
+            .into_iter()
+            .chain(["-subj", "/CN=test CA", "-keyout", "ca.key", "-out", "ca.crt"])
+            .collect::<Vec<_>>(),
+    );
+    openssl(
+        &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=localhost"]
+            .into_iter()
+            .chain(["-keyout", "api.key", "-out", "api.csr"])
+            .collect::<Vec<_>>(),
+    );
+    std::fs::write(
+        dir.path().join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        &["x509", "-req", "-in", "api.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1"]
+            .into_iter()
+            .chain(["-extfile", "ext.cnf", "-out", "api.crt"])
+            .collect::<Vec<_>>(),
+    );
+    let gw = Gateway::start_with(
+        bin(),
+        &[("GATEHOUSE_TLS_CERT", cert.to_str().unwrap()), ("GATEHOUSE_TLS_KEY", key.to_str().unwrap())],
+    )
+    .unwrap();
+    let https = format!("https://127.0.0.1:{}", gw.port());
+    let ok = Command::new("curl").args(["-sS", "--cacert"]).arg(&ca).arg(format!("{https}/healthz")).output().unwrap();
+    assert!(ok.status.success() && stdout(&ok).contains("ok"), "{}", stderr(&ok));
+    // Plain HTTP to a TLS listener gets nowhere, and an untrusted client refuses the server.
+    let plain =
+        Command::new("curl").args(["-sS", "--max-time", "5"]).arg(format!("{}/healthz", gw.url())).output().unwrap();
+    assert!(!stdout(&plain).contains("ok"));
+    let untrusted = Command::new("curl").args(["-sS"]).arg(format!("{https}/healthz")).output().unwrap();
+    assert!(!untrusted.status.success());
+    // The client trusts the server with --ca-file.
+    let out = gw
+        .client()
+        .env("GATEHOUSE_SERVER", &https)
+        .env("GATEHOUSE_TOKEN", gw.admin_token())
+        .arg("--ca-file")
+        .arg(&ca)
+        .args(["identities", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && stdout(&out).contains("admin"), "{}", stderr(&out));
+
+    // A key that does not match, or a missing one, stops the server with one line.
+    let e = serve_fails(&[("GATEHOUSE_TLS_CERT", cert.to_str().unwrap())], None);
+    assert!(e.contains("tls.key"), "{e}");
+    let e =
+        serve_fails(&[("GATEHOUSE_TLS_CERT", cert.to_str().unwrap()), ("GATEHOUSE_TLS_KEY", "/nonexistent.key")], None);
+    assert!(e.contains("tls.key") && e.contains("nonexistent"), "{e}");
+}

@@ -198,12 +198,18 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+/// Ready when the store answers. The audit chain's state is reported, but a broken chain does
+/// not make the gateway unready: it keeps serving and recording.
 async fn readyz(State(app): State<AppState>) -> Response {
+    let chain = match app.chain.read().await.as_ref() {
+        Some(report) => report.line(),
+        None => "checking".to_string(),
+    };
     match app.store.ping().await {
-        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(()) => Json(serde_json::json!({"status": "ready", "audit_chain": chain})).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "unavailable", "store": e.to_string()})),
+            Json(serde_json::json!({"status": "unavailable", "store": e.to_string(), "audit_chain": chain})),
         )
             .into_response(),
     }
