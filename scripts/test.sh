@@ -18,11 +18,19 @@ if ! command -v pg_config >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/init
 fi
 command -v runuser >/dev/null 2>&1 || packages+=(util-linux)
 command -v cc >/dev/null 2>&1 || packages+=(gcc)
+command -v openssl >/dev/null 2>&1 || packages+=(openssl)
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 
 if [ "${#packages[@]}" -gt 0 ]; then
     echo "installing: ${packages[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}"
+fi
+
+# The OIDC provider the tests run (an npm package, pinned by its lockfile).
+if [ ! -d crates/testkit/oidc/node_modules/oauth2-mock-server ]; then
+    npm ci --prefix crates/testkit/oidc --no-audit --no-fund
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -68,7 +68,10 @@ impl AuditWriter {
         fsync: FsyncPolicy,
     ) -> Result<(AuditWriter, tokio::task::JoinHandle<()>), AuditError> {
         let last = store.last_event().await.map_err(|e| AuditError::Unavailable(e.to_string()))?;
-        let head = crate::read_head(&head_path).map_err(AuditError::Unavailable)?;
+        let head = crate::read_head(&head_path).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the audit chain head is unreadable; continuing from the store (verify reports it)");
+            None
+        });
         let (mut seq, mut prev) = last.unwrap_or((0, vec![0u8; 32]));
         if let Some(h) = head
             && h.seq > seq

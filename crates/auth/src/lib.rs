@@ -1,9 +1,10 @@
-//! Turns what a caller presents into an [`Identity`]. Today: service-account tokens, which are
-//! 256 random bits shown once and stored only as an HMAC-SHA-256 under a key derived from the
-//! master key; expiry is enforced and last use recorded (at most once a minute per identity, so
-//! authentication does not turn every request into a write). OIDC tokens will arrive here too,
-//! behind the same [`Authenticator::authenticate`]. This crate does not decide what an identity
-//! may do; that is policy's job.
+//! Turns what a caller presents into an [`Identity`], whichever way it authenticates:
+//! service-account tokens, which are 256 random bits shown once and stored only as an
+//! HMAC-SHA-256 under a key derived from the master key (expiry enforced, last use recorded at
+//! most once a minute per identity, so authentication does not turn every request into a
+//! write), and OIDC JWTs from the company's identity provider ([`oidc`]), which become
+//! `User::"…"` identities with the groups of a configured claim. This crate does not decide what
+//! an identity may do; that is policy's job.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,10 @@ use std::sync::{Arc, Mutex};
 use gatehouse_core::Identity;
 use gatehouse_keys::{KeyError, Keys, Secret};
 use gatehouse_store::{IdentityRecord, Store};
+
+pub mod oidc;
+
+pub use oidc::{OidcSettings, OidcVerifier};
 
 /// Every service token starts with this, so secret scanners and people recognise it.
 pub const TOKEN_PREFIX: &str = "ghs_";
@@ -26,6 +31,9 @@ pub enum AuthError {
     Invalid,
     #[error("token expired")]
     Expired,
+    /// A well-formed credential that fails a check; the message says which.
+    #[error("{0}")]
+    Rejected(String),
     #[error("cannot check the token: {0}")]
     Unavailable(String),
 }
@@ -59,17 +67,28 @@ pub fn identity_of(record: &IdentityRecord) -> Identity {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     keys: Arc<Keys>,
+    oidc: Option<Arc<OidcVerifier>>,
     touched: Mutex<HashMap<String, i64>>,
 }
 
 impl Authenticator {
-    pub fn new(store: Arc<dyn Store>, keys: Arc<Keys>) -> Self {
-        Authenticator { store, keys, touched: Mutex::new(HashMap::new()) }
+    pub fn new(store: Arc<dyn Store>, keys: Arc<Keys>, oidc: Option<Arc<OidcVerifier>>) -> Self {
+        Authenticator { store, keys, oidc, touched: Mutex::new(HashMap::new()) }
     }
 
-    /// The identity behind `token` at time `now` (Unix milliseconds).
+    /// The identity behind `token` (a service token or, when OIDC is configured, a JWT) at time
+    /// `now` (Unix milliseconds).
     pub async fn authenticate(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
-        if !token.starts_with(TOKEN_PREFIX) || token.len() > 256 {
+        if token.len() > 16 * 1024 {
+            return Err(AuthError::Invalid);
+        }
+        if !token.starts_with(TOKEN_PREFIX) {
+            return match &self.oidc {
+                Some(oidc) if oidc::looks_like_jwt(token) => oidc.verify(token).await,
+                _ => Err(AuthError::Invalid),
+            };
+        }
+        if token.len() > 256 {
             return Err(AuthError::Invalid);
         }
         let hash = self.keys.token_hash(token);
@@ -113,7 +132,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("g.db"), false).unwrap());
         let keys = Arc::new(Keys::from_master(&[1; 32]).unwrap());
-        let auth = Authenticator::new(store.clone(), keys.clone());
+        let auth = Authenticator::new(store.clone(), keys.clone(), None);
         (dir, store, keys, auth)
     }
 

@@ -9,6 +9,26 @@ use clap::{Args, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+/// `println!` that ends the program quietly when stdout is closed (`gatehouse … | head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+/// `print!` with the same closed-stdout handling as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if write!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 use crate::api::{CheckInput, ConnectionInput, CredentialInput, NewIdentity, SecretInput};
 use crate::config::{self, Overrides};
 
@@ -28,7 +48,7 @@ struct Cli {
         hide_env_values = true
     )]
     server: String,
-    /// Bearer token for the API (else the token saved by `gatehouse login`).
+    /// Bearer token for the API (else the one saved in ~/.config/gatehouse/token).
     #[arg(long, global = true, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// A CA certificate (PEM) to trust for an https:// server, besides the system's.
@@ -119,6 +139,9 @@ enum IdentitiesCommand {
     /// Issue a new token; the old one stops working at once. Prints the new token.
     Rotate {
         name: String,
+        /// New lifetime, e.g. 90d (default: the old token's lifetime, from now).
+        #[arg(long)]
+        ttl: Option<String>,
     },
 }
 
@@ -302,9 +325,9 @@ enum PoliciesCommand {
     Schema,
     /// Decide a hypothetical request: prints allow, deny or review, then the reasons.
     Check {
-        /// e.g. 'Service::"fn-billing"'
+        /// e.g. 'Service::"fn-billing"' (default: yourself, with your token's groups)
         #[arg(long)]
-        principal: String,
+        principal: Option<String>,
         /// e.g. sql.delete
         #[arg(long)]
         action: String,
@@ -439,14 +462,14 @@ impl Client {
         Ok(Client { base, token: cli.token.clone().or_else(saved_token), http })
     }
 
-    async fn call<T: DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<T, Failure> {
+    /// Sends a request and returns the body of a successful answer; an error answer becomes a
+    /// [`Failure`] with the API's message, problems and deciding policies.
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<String, Failure> {
         let token = self.token.as_deref().ok_or_else(|| {
-            Failure("no token: pass --token or set GATEHOUSE_TOKEN (a new gateway writes the admin token to <data_dir>/admin.token)".into())
+            Failure(
+                "no token: pass --token or set GATEHOUSE_TOKEN (a new gateway writes the admin token to <data_dir>/admin.token)"
+                    .into(),
+            )
         })?;
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url).bearer_auth(token);
@@ -460,8 +483,7 @@ impl Client {
         let status = resp.status();
         let text = resp.text().await?;
         if status.is_success() {
-            let text = if text.is_empty() { "null" } else { &text };
-            return serde_json::from_str(text).map_err(|e| Failure(format!("unexpected answer from the gateway: {e}")));
+            return Ok(text);
         }
         let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let err = &parsed["error"];
@@ -476,6 +498,17 @@ impl Client {
             message.push_str(&format!("\n  deciding policies: {}", ids.join(", ")));
         }
         Err(Failure(message))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T, Failure> {
+        let text = self.send(method, path, body).await?;
+        let text = if text.is_empty() { "null" } else { &text };
+        serde_json::from_str(text).map_err(|e| Failure(format!("unexpected answer from the gateway: {e}")))
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
@@ -499,7 +532,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -513,7 +546,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
     let line = |cells: Vec<String>| {
         let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
-        println!("{}", parts.join("  ").trim_end());
+        outln!("{}", parts.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
@@ -537,9 +570,9 @@ fn show_object(v: &Value) {
                 Value::Object(_) | Value::Array(_)
                     if !val.as_array().is_some_and(|a| a.iter().all(|x| !x.is_object())) =>
                 {
-                    println!("{k}: {}", serde_json::to_string(val).unwrap_or_default());
+                    outln!("{k}: {}", serde_json::to_string(val).unwrap_or_default());
                 }
-                _ => println!("{k}: {}", s(val)),
+                _ => outln!("{k}: {}", s(val)),
             }
         }
     }
@@ -563,14 +596,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Serve(_) => unreachable_serve(),
         Command::Config(ConfigCommand::Check(args)) => match args.load() {
             Ok(loaded) => {
-                println!("# configuration is valid; effective settings:");
-                print!("{}", loaded.effective_toml());
+                outln!("# configuration is valid; effective settings:");
+                out!("{}", loaded.effective_toml());
                 let key = if std::env::var_os(gatehouse_keys::MASTER_KEY_ENV).is_some() {
                     format!("environment variable {}", gatehouse_keys::MASTER_KEY_ENV)
                 } else {
                     format!("file {}", loaded.config.data_dir.join(gatehouse_keys::MASTER_KEY_FILE).display())
                 };
-                println!("# master key: {key}");
+                outln!("# master key: {key}");
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -579,14 +612,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         },
         Command::Audit(AuditCommand::Verify { data_dir: Some(dir), json }) => {
-            let loaded =
-                config::load(None, &Overrides { data_dir: Some(dir.clone()), store: None }).map_err(Failure)?;
-            let (store, keys) = crate::serve::open(&loaded, false).await?;
+            let (store, keys) = crate::serve::open_offline(dir)?;
             let report = gatehouse_audit::verify(store.as_ref(), &keys, &dir.join(gatehouse_audit::HEAD_FILE)).await?;
             if json.json {
-                print_json(&report)?;
+                print_json(&json!({"ok": report.ok, "events": report.events, "first_bad": report.first_bad,
+                    "problem": report.problem, "line": report.line()}))?;
             } else {
-                println!("{}", report.line());
+                outln!("{}", report.line());
             }
             Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
@@ -608,7 +640,7 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
             IdentitiesCommand::Add { name, groups, ttl } => {
                 let body = NewIdentity { name: name.clone(), groups: groups.clone(), ttl: ttl.clone() };
                 let v: Value = c.call(Method::POST, "/api/v1/identities", Some(serde_json::to_value(body)?)).await?;
-                println!("{}", s(&v["token"]));
+                outln!("{}", s(&v["token"]));
             }
             IdentitiesCommand::List(f) => {
                 let v: Vec<Value> = c.get("/api/v1/identities").await?;
@@ -637,10 +669,10 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
                 let _: Value = c.call(Method::DELETE, &format!("/api/v1/identities/{}", path_part(name)), None).await?;
                 eprintln!("identity {name} deleted");
             }
-            IdentitiesCommand::Rotate { name } => {
-                let v: Value =
-                    c.call(Method::POST, &format!("/api/v1/identities/{}/rotate", path_part(name)), None).await?;
-                println!("{}", s(&v["token"]));
+            IdentitiesCommand::Rotate { name, ttl } => {
+                let path = format!("/api/v1/identities/{}/rotate", path_part(name));
+                let v: Value = c.call(Method::POST, &path, Some(json!({"ttl": ttl}))).await?;
+                outln!("{}", s(&v["token"]));
             }
         },
         Command::Connections(cmd) => match cmd.as_ref() {
@@ -664,13 +696,9 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
                 let v: Value =
                     c.call(Method::POST, &format!("/api/v1/connections/{}/test", path_part(name)), None).await?;
                 if v["reachable"] == json!(true) {
-                    println!(
-                        "reachable: {} ({:.1} ms)",
-                        s(&v["address"]),
-                        v["latency_ms"].as_f64().unwrap_or_default()
-                    );
+                    outln!("reachable: {} ({:.1} ms)", s(&v["address"]), v["latency_ms"].as_f64().unwrap_or_default());
                 } else {
-                    println!("unreachable: {}: {}", s(&v["address"]), s(&v["error"]));
+                    outln!("unreachable: {}: {}", s(&v["address"]), s(&v["error"]));
                     return Ok(ExitCode::FAILURE);
                 }
             }
@@ -736,7 +764,7 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
                 let text = std::fs::read_to_string(file).map_err(|e| Failure(format!("{}: {e}", file.display())))?;
                 let v: Value = c.call(Method::PUT, "/api/v1/policies", Some(json!({"text": text}))).await?;
                 let n = v["policies"].as_array().map(Vec::len).unwrap_or_default();
-                println!("policy set version {} applied: {n} policies", s(&v["version"]));
+                outln!("policy set version {} applied: {n} policies", s(&v["version"]));
                 for w in v["warnings"].as_array().into_iter().flatten() {
                     eprintln!("warning: {}", s(w));
                 }
@@ -746,22 +774,12 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
                 if f.json {
                     print_json(&v)?;
                 } else {
-                    println!("// version {} by {} at {}", s(&v["version"]), s(&v["author"]), s(&v["updated_at"]));
-                    print!("{}", s(&v["text"]));
+                    outln!("// version {} by {} at {}", s(&v["version"]), s(&v["author"]), s(&v["updated_at"]));
+                    out!("{}", s(&v["text"]));
                 }
             }
             PoliciesCommand::Schema => {
-                let token = c
-                    .token
-                    .as_deref()
-                    .ok_or_else(|| Failure("no token: pass --token or set GATEHOUSE_TOKEN".into()))?;
-                let resp = c.http.get(format!("{}/api/v1/policies/schema", c.base)).bearer_auth(token).send().await?;
-                let status = resp.status();
-                let text = resp.text().await?;
-                if !status.is_success() {
-                    return Err(Failure(format!("HTTP {status}: {text}")));
-                }
-                print!("{text}");
+                out!("{}", c.send(Method::GET, "/api/v1/policies/schema", None).await?);
             }
             PoliciesCommand::Check { principal, action, resources, context, groups, json } => {
                 let context = match context {
@@ -780,7 +798,7 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
                 };
                 let v: Value =
                     c.call(Method::POST, "/api/v1/policies/check", Some(serde_json::to_value(input)?)).await?;
-                if json.json { print_json(&v)? } else { println!("{}", s(&v["report"])) }
+                if json.json { print_json(&v)? } else { outln!("{}", s(&v["report"])) }
             }
         },
         Command::Sessions(cmd) => match cmd {
@@ -824,24 +842,19 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
                 if json.json {
                     print_json(&v)?;
                 } else {
-                    println!("session {}", s(&v["id"]));
-                    println!("identity: {} ({})", s(&v["identity"]), s(&v["identity_kind"]));
-                    println!(
+                    outln!("session {}", s(&v["id"]));
+                    outln!("identity: {} ({})", s(&v["identity"]), s(&v["identity_kind"]));
+                    outln!(
                         "connection: {}  protocol: {}  client: {}",
                         s(&v["connection"]),
                         s(&v["protocol"]),
                         s(&v["client_addr"])
                     );
-                    println!(
-                        "started: {}  ended: {} ({})",
-                        s(&v["started_at"]),
-                        s(&v["ended_at"]),
-                        s(&v["end_reason"])
-                    );
-                    println!("requests: {}  denied: {}", s(&v["requests"]), s(&v["denied"]));
-                    println!();
+                    outln!("started: {}  ended: {} ({})", s(&v["started_at"]), s(&v["ended_at"]), s(&v["end_reason"]));
+                    outln!("requests: {}  denied: {}", s(&v["requests"]), s(&v["denied"]));
+                    outln!();
                     for e in v["events"].as_array().into_iter().flatten() {
-                        println!(
+                        outln!(
                             "{}  #{:<6} {:<15} {}",
                             s(&e["time"]),
                             s(&e["seq"]),
@@ -857,7 +870,7 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
             if json.json {
                 print_json(&v)?
             } else {
-                println!("{}", s(&v["line"]))
+                outln!("{}", s(&v["line"]))
             }
             if v["ok"] != json!(true) {
                 return Ok(ExitCode::FAILURE);

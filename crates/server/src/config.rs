@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 /// Environment variables that start with `GATEHOUSE_` but are not configuration keys.
 pub const NOT_CONFIG_ENV: &[&str] = &["GATEHOUSE_SERVER", "GATEHOUSE_TOKEN", "GATEHOUSE_MASTER_KEY"];
 const TOP_LEVEL: &[&str] = &["data_dir", "store"];
+/// Sections a `GATEHOUSE_<SECTION>_<KEY>` variable may address. Variables for other sections
+/// (another tool's, or a section a later version adds) are ignored with a warning; a wrong key
+/// inside a known section stops the server.
+const SECTIONS: &[&str] = &["listen", "tls", "audit", "log", "server", "oidc", "metrics"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -22,6 +26,8 @@ pub struct Config {
     pub store: String,
     pub listen: Listen,
     pub tls: Tls,
+    pub oidc: Oidc,
+    pub metrics: Metrics,
     pub audit: Audit,
     pub log: Log,
     pub server: Server,
@@ -34,6 +40,8 @@ impl Default for Config {
             store: String::new(),
             listen: Listen::default(),
             tls: Tls::default(),
+            oidc: Oidc::default(),
+            metrics: Metrics::default(),
             audit: Audit::default(),
             log: Log::default(),
             server: Server::default(),
@@ -78,6 +86,60 @@ pub struct Tls {
     pub cert: String,
     /// Its private key (PKCS#8, PKCS#1 or SEC1).
     pub key: String,
+}
+
+/// The company's identity provider. Empty `issuer`: OIDC is off and only service tokens work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Oidc {
+    /// Issuer URL; must be https:// except on a loopback address.
+    pub issuer: String,
+    /// The `aud` tokens must carry.
+    pub audience: String,
+    /// Claim with the caller's groups (string or array).
+    pub groups_claim: String,
+    /// Claim that names the user.
+    pub username_claim: String,
+    /// For the web console's sign-in.
+    pub client_id: String,
+    /// For the web console's sign-in. Never printed.
+    pub client_secret: String,
+    /// Tolerated clock difference for `exp`/`nbf`.
+    pub leeway: String,
+    /// Unknown key ids refetch the JWKS at most this often.
+    pub jwks_min_refresh: String,
+    /// The JWKS is refetched after this long in any case.
+    pub jwks_max_age: String,
+}
+
+impl Default for Oidc {
+    fn default() -> Self {
+        Oidc {
+            issuer: String::new(),
+            audience: String::new(),
+            groups_claim: "groups".into(),
+            username_claim: "email".into(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            leeway: "60s".into(),
+            jwks_min_refresh: "30s".into(),
+            jwks_max_age: "15m".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Serve Prometheus metrics at `/metrics` on the API listener (no token).
+    #[serde(deserialize_with = "lenient::bool")]
+    pub enabled: bool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics { enabled: true }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,6 +206,8 @@ pub struct Loaded {
     pub api_addr: Option<SocketAddr>,
     /// Set when `[tls] cert` and `key` are configured: the API is then served over HTTPS.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Set when `[oidc] issuer` is configured.
+    pub oidc: Option<gatehouse_auth::OidcSettings>,
     pub shutdown_grace: Duration,
     pub fsync_each_batch: bool,
 }
@@ -177,10 +241,13 @@ fn load_from(file: Option<&Path>, env: &[(String, String)], overrides: &Override
             table.insert(key.clone(), toml::Value::String(value.clone()));
             key
         } else {
-            let Some((section, field)) = key.split_once('_') else {
-                return Err(format!(
-                    "config error: {name}: not a configuration variable (expected GATEHOUSE_<SECTION>_<KEY>)"
-                ));
+            let known = key.split_once('_').filter(|(section, _)| SECTIONS.contains(section));
+            let Some((section, field)) = known else {
+                eprintln!(
+                    "warning: ignoring {name}: not a configuration variable (GATEHOUSE_<SECTION>_<KEY>, SECTION one of {})",
+                    SECTIONS.join(", ")
+                );
+                continue;
             };
             let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             let toml::Value::Table(section_table) = entry else {
@@ -193,9 +260,19 @@ fn load_from(file: Option<&Path>, env: &[(String, String)], overrides: &Override
     }
     let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let path = e.path().to_string();
-        let source = from_env.get(&path).map(|v| format!(" (from {v})")).unwrap_or_default();
         let inner = e.into_inner().to_string();
         let inner = inner.lines().next().unwrap_or_default().trim().to_string();
+        // An unknown key is reported at its section: find the variable that named it.
+        let source = from_env
+            .get(&path)
+            .or_else(|| {
+                from_env.iter().find_map(|(key, var)| {
+                    let field = key.strip_prefix(&format!("{path}."))?;
+                    inner.contains(&format!("`{field}`")).then_some(var)
+                })
+            })
+            .map(|v| format!(" (from {v})"))
+            .unwrap_or_default();
         if path == "." { format!("config error: {inner}") } else { format!("config error: {path}: {inner}{source}") }
     })?;
     if let Some(d) = &overrides.data_dir {
@@ -284,6 +361,7 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
             ),
         ));
     }
+    let oidc = oidc_settings(&config.oidc, &err)?;
     let fsync_each_batch = match config.audit.fsync.as_str() {
         "batch" => true,
         "off" => false,
@@ -297,7 +375,51 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
     }
     let shutdown_grace = humantime::parse_duration(&config.server.shutdown_grace)
         .map_err(|e| err("server.shutdown_grace", format!("{:?}: {e}", config.server.shutdown_grace)))?;
-    Ok(Loaded { config, store, api_addr, tls, shutdown_grace, fsync_each_batch })
+    Ok(Loaded { config, store, api_addr, tls, oidc, shutdown_grace, fsync_each_batch })
+}
+
+fn oidc_settings(
+    o: &Oidc,
+    err: &dyn Fn(&str, String) -> String,
+) -> Result<Option<gatehouse_auth::OidcSettings>, String> {
+    if o.issuer.is_empty() {
+        return Ok(None);
+    }
+    let url = reqwest::Url::parse(&o.issuer).map_err(|e| err("oidc.issuer", format!("{:?}: {e}", o.issuer)))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(err(
+                "oidc.issuer",
+                format!("{:?} must be https:// (plain http only on a loopback address)", o.issuer),
+            ));
+        }
+    }
+    if o.audience.is_empty() {
+        return Err(err("oidc.audience", "is required with oidc.issuer".into()));
+    }
+    for (key, value) in [("oidc.groups_claim", &o.groups_claim), ("oidc.username_claim", &o.username_claim)] {
+        if value.is_empty() {
+            return Err(err(key, "must not be empty".into()));
+        }
+    }
+    let duration = |key: &str, v: &str| humantime::parse_duration(v).map_err(|e| err(key, format!("{v:?}: {e}")));
+    Ok(Some(gatehouse_auth::OidcSettings {
+        issuer: o.issuer.clone(),
+        audience: o.audience.clone(),
+        groups_claim: o.groups_claim.clone(),
+        username_claim: o.username_claim.clone(),
+        leeway: duration("oidc.leeway", &o.leeway)?,
+        jwks_min_refresh: duration("oidc.jwks_min_refresh", &o.jwks_min_refresh)?,
+        jwks_max_age: duration("oidc.jwks_max_age", &o.jwks_max_age)?,
+    }))
 }
 
 /// A URL with any password replaced by `***`.
@@ -322,6 +444,9 @@ impl Loaded {
             StoreLocation::Sqlite(p) => format!("sqlite://{}", p.display()),
         };
         shown.store = redact_url(&shown.store);
+        if !shown.oidc.client_secret.is_empty() {
+            shown.oidc.client_secret = "***".into();
+        }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -421,6 +546,51 @@ mod tests {
         let e = load_from(None, &env(&[("GATEHOUSE_STORE", "postgres://u:secret@db/g")]), &Overrides::default())
             .unwrap_err();
         assert!(e.contains("store") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn foreign_variables_are_ignored_but_wrong_keys_are_not() {
+        let l = load_from(
+            None,
+            &env(&[("GATEHOUSE_TEST_USER", "nobody"), ("GATEHOUSE_REVIEWS_HOLD_SECONDS", "10")]),
+            &Overrides::default(),
+        );
+        assert!(l.is_ok(), "{l:?}");
+        let e = load_from(None, &env(&[("GATEHOUSE_LISTEN_APII", "x")]), &Overrides::default()).unwrap_err();
+        assert!(e.contains("apii") && e.contains("GATEHOUSE_LISTEN_APII"), "{e}");
+    }
+
+    #[test]
+    fn oidc_settings_are_checked() {
+        let ok = load_from(
+            None,
+            &env(&[("GATEHOUSE_OIDC_ISSUER", "http://127.0.0.1:9000"), ("GATEHOUSE_OIDC_AUDIENCE", "gatehouse")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(ok.oidc.unwrap().username_claim, "email");
+        let e = load_from(
+            None,
+            &env(&[("GATEHOUSE_OIDC_ISSUER", "http://idp.example.com"), ("GATEHOUSE_OIDC_AUDIENCE", "g")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("oidc.issuer") && e.contains("https"), "{e}");
+        let e = load_from(None, &env(&[("GATEHOUSE_OIDC_ISSUER", "https://idp.example.com")]), &Overrides::default())
+            .unwrap_err();
+        assert!(e.contains("oidc.audience"), "{e}");
+        let shown = load_from(
+            None,
+            &env(&[
+                ("GATEHOUSE_OIDC_ISSUER", "https://idp.example.com"),
+                ("GATEHOUSE_OIDC_AUDIENCE", "g"),
+                ("GATEHOUSE_OIDC_CLIENT_SECRET", "very-secret-value"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap()
+        .effective_toml();
+        assert!(!shown.contains("very-secret-value") && shown.contains("client_secret = \"***\""), "{shown}");
     }
 
     #[test]

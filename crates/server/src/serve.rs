@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use gatehouse_audit::{AuditWriter, FsyncPolicy, HEAD_FILE, now_ms};
-use gatehouse_auth::{Authenticator, issue_token};
+use gatehouse_auth::{Authenticator, OidcVerifier, issue_token};
 use gatehouse_core::{ADMIN_GROUP, IdentityKind};
 use gatehouse_keys::Keys;
 use gatehouse_policy::PolicyEngine;
@@ -46,25 +46,39 @@ fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens everything `serve` and offline commands need.
-pub async fn open(loaded: &Loaded, create: bool) -> anyhow::Result<(Arc<dyn Store>, Arc<Keys>)> {
+/// Opens the data directory, the master key and the store for `serve`. A master key is
+/// generated only for a new store: an existing store without its key refuses to start, since a
+/// new key would orphan every sealed credential and token and fork the audit chain.
+pub async fn open(loaded: &Loaded) -> anyhow::Result<(Arc<dyn Store>, Arc<Keys>)> {
     let data_dir = &loaded.config.data_dir;
-    if create {
-        create_data_dir(data_dir)?;
-    } else if !data_dir.is_dir() {
-        anyhow::bail!("data directory {} does not exist", data_dir.display());
-    }
-    let (keys, source) = Keys::load(data_dir, create)?;
-    tracing::info!(source = %source, "master key loaded");
-    let store: Arc<dyn Store> = match &loaded.store {
-        StoreLocation::Sqlite(path) => {
-            if !create && !path.exists() {
-                anyhow::bail!("no store at {}", path.display());
-            }
-            Arc::new(SqliteStore::open(path, loaded.fsync_each_batch)?)
+    create_data_dir(data_dir)?;
+    let StoreLocation::Sqlite(path) = &loaded.store;
+    let store_exists = path.exists();
+    let (keys, source) = Keys::load(data_dir, !store_exists).with_context(|| {
+        if store_exists {
+            format!(
+                "the store {} exists, so its master key must be given: restore {} or set {}",
+                path.display(),
+                data_dir.join(gatehouse_keys::MASTER_KEY_FILE).display(),
+                gatehouse_keys::MASTER_KEY_ENV
+            )
+        } else {
+            "cannot load the master key".to_string()
         }
-    };
+    })?;
+    tracing::info!(source = %source, "master key loaded");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path, loaded.fsync_each_batch)?);
     Ok((store, Arc::new(keys)))
+}
+
+/// Opens a data directory read-only, for offline checks.
+pub fn open_offline(data_dir: &Path) -> anyhow::Result<(Arc<dyn Store>, Arc<Keys>)> {
+    let path = data_dir.join("gatehouse.db");
+    if !path.exists() {
+        anyhow::bail!("no store at {}", path.display());
+    }
+    let (keys, _) = Keys::load(data_dir, false).context("cannot load the master key")?;
+    Ok((Arc::new(SqliteStore::open_read_only(&path)?), Arc::new(keys)))
 }
 
 async fn bootstrap(app: &App) -> anyhow::Result<()> {
@@ -103,7 +117,7 @@ async fn bootstrap(app: &App) -> anyhow::Result<()> {
 }
 
 pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
-    let (store, keys) = open(&loaded, true).await?;
+    let (store, keys) = open(&loaded).await?;
     let data_dir = loaded.config.data_dir.clone();
     let fsync = if loaded.fsync_each_batch { FsyncPolicy::EveryBatch } else { FsyncPolicy::Off };
     let (audit, writer_task) = AuditWriter::start(store.clone(), keys.clone(), data_dir.join(HEAD_FILE), fsync).await?;
@@ -120,9 +134,22 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         }
     }
 
+    let oidc = match &loaded.oidc {
+        Some(settings) => {
+            let verifier = Arc::new(OidcVerifier::new(settings.clone()).map_err(|e| anyhow::anyhow!("oidc: {e}"))?);
+            match verifier.prefetch().await {
+                Ok(keys) => tracing::info!(issuer = %settings.issuer, keys, "OIDC provider loaded"),
+                Err(e) => {
+                    tracing::error!(issuer = %settings.issuer, error = %e, "OIDC provider unreachable; JWTs are refused until it answers")
+                }
+            }
+            Some(verifier)
+        }
+        None => None,
+    };
     let app = Arc::new(App {
         data_dir: data_dir.clone(),
-        auth: Authenticator::new(store.clone(), keys.clone()),
+        auth: Authenticator::new(store.clone(), keys.clone(), oidc),
         store,
         keys,
         policy,

@@ -65,11 +65,11 @@ async fn identities(store: &dyn Store) {
     assert_eq!(store.identity_by_token_hash(&[1; 32]).await.unwrap().unwrap().name, "fn-billing");
     assert!(store.identity_by_token_hash(&[9; 32]).await.unwrap().is_none());
 
-    store.rotate_identity_token("fn-billing", &[2; 32], 2_000).await.unwrap();
+    store.rotate_identity_token("fn-billing", &[2; 32], 2_000, Some(12_000)).await.unwrap();
     assert!(store.identity_by_token_hash(&[1; 32]).await.unwrap().is_none());
     let got = store.identity_by_token_hash(&[2; 32]).await.unwrap().unwrap();
-    assert_eq!(got.token_rotated_at, Some(2_000));
-    assert!(matches!(store.rotate_identity_token("nobody", &[3; 32], 1).await, Err(StoreError::NotFound(_))));
+    assert_eq!((got.token_rotated_at, got.expires_at), (Some(2_000), Some(12_000)));
+    assert!(matches!(store.rotate_identity_token("nobody", &[3; 32], 1, None).await, Err(StoreError::NotFound(_))));
 
     store.touch_identity("fn-billing", 3_000).await.unwrap();
     assert_eq!(store.get_identity("fn-billing").await.unwrap().unwrap().last_used_at, Some(3_000));

@@ -44,8 +44,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_identity(&self, name: &str) -> Result<Option<IdentityRecord>>;
     async fn identity_by_token_hash(&self, hash: &[u8]) -> Result<Option<IdentityRecord>>;
     async fn list_identities(&self) -> Result<Vec<IdentityRecord>>;
-    /// Replaces the token hash (the old token stops working at once).
-    async fn rotate_identity_token(&self, name: &str, new_hash: &[u8], now: i64) -> Result<()>;
+    /// Replaces the token hash (the old token stops working at once) and its expiry.
+    async fn rotate_identity_token(&self, name: &str, new_hash: &[u8], now: i64, expires_at: Option<i64>)
+    -> Result<()>;
     async fn touch_identity(&self, name: &str, now: i64) -> Result<()>;
     async fn delete_identity(&self, name: &str) -> Result<()>;
 

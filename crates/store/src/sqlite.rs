@@ -66,8 +66,24 @@ impl SqliteStore {
             Ok(conn)
         };
         let mut writer = open(true)?;
+        restrict_to_owner(path)?;
         embedded::migrations::runner().run(&mut writer).map_err(|e| unavailable(format!("migration failed: {e}")))?;
         let readers = (0..READERS).map(|_| open(false).map(Mutex::new)).collect::<Result<Vec<_>>>()?;
+        Ok(SqliteStore { inner: Arc::new(Inner { path: path.to_path_buf(), writer: Mutex::new(writer), readers }) })
+    }
+
+    /// Opens an existing database for reading only: no migrations, no writes (for offline
+    /// checks such as `audit verify --data-dir`, which must not change what it checks).
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore> {
+        let open = || -> Result<Connection> {
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = Connection::open_with_flags(path, flags)
+                .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+            conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
+            Ok(conn)
+        };
+        let writer = open()?;
+        let readers = (0..1).map(|_| open().map(Mutex::new)).collect::<Result<Vec<_>>>()?;
         Ok(SqliteStore { inner: Arc::new(Inner { path: path.to_path_buf(), writer: Mutex::new(writer), readers }) })
     }
 
@@ -102,6 +118,20 @@ impl SqliteStore {
         .await
         .map_err(unavailable)?
     }
+}
+
+/// The database holds sealed credentials and token hashes: owner-only (SQLite gives its WAL and
+/// shared-memory files the same mode).
+fn restrict_to_owner(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
@@ -313,13 +343,19 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn rotate_identity_token(&self, name: &str, new_hash: &[u8], now: i64) -> Result<()> {
+    async fn rotate_identity_token(
+        &self,
+        name: &str,
+        new_hash: &[u8],
+        now: i64,
+        expires_at: Option<i64>,
+    ) -> Result<()> {
         let (name, hash) = (name.to_string(), new_hash.to_vec());
         self.write(move |c| {
             let n = c
                 .execute(
-                    "UPDATE identities SET token_hash = ?2, token_rotated_at = ?3 WHERE name = ?1",
-                    params![name, hash, now],
+                    "UPDATE identities SET token_hash = ?2, token_rotated_at = ?3, expires_at = ?4 WHERE name = ?1",
+                    params![name, hash, now, expires_at],
                 )
                 .map_err(db_err)?;
             if n == 0 { Err(StoreError::NotFound(format!("identity {name:?}"))) } else { Ok(()) }

@@ -1,6 +1,8 @@
 //! Test support for Gatehouse: runs the built `gatehouse` binary ([`Gateway`]) and starts **real**
 //! servers from the machine's packages (today PostgreSQL through Debian's `initdb`/`pg_ctl`; MariaDB, Redis and sshd are meant to follow as
-//! sibling modules built on [`common`]) on loopback ports picked at run time, each in its own
+//! sibling modules built on [`common`]) and an OpenID Connect provider ([`OidcProvider`]: the
+//! npm package `oauth2-mock-server` run by `node` as the current user, installed with `npm ci
+//! --prefix crates/testkit/oidc`) on loopback ports picked at run time, each in its own
 //! temporary directory, and tears them down on Drop. When the tests run as root, servers run as
 //! an unprivileged account (`nobody`, or `GATEHOUSE_TEST_USER`) via `runuser`. It does not mock
 //! anything, install packages, download binaries, touch the machine's own servers (5432, 3306,
@@ -33,7 +35,9 @@
 
 pub mod common;
 pub mod gateway;
+pub mod oidc;
 pub mod postgres;
 
 pub use gateway::Gateway;
+pub use oidc::OidcProvider;
 pub use postgres::{PgAuth, Postgres};

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::{ApiError, AppState, Caller, ErrorBody, rfc3339};
+use super::{ApiError, AppState, Body, Caller, ErrorBody, rfc3339};
 use crate::app::Area;
 
 pub const TYPES: &[&str] = &["postgres", "mysql", "redis", "ssh", "http", "kubernetes"];
@@ -423,7 +423,7 @@ pub async fn show(
 pub async fn create(
     State(app): State<AppState>,
     Caller(caller): Caller,
-    Json(input): Json<ConnectionInput>,
+    Body(input): Body<ConnectionInput>,
 ) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
     let name = input.name.clone().unwrap_or_default();
     validate_name("connection", &name).map_err(ApiError::invalid)?;
@@ -432,10 +432,6 @@ pub async fn create(
     }
     let details = audit_details(&input);
     let record = build(&app, &name, None, input, now_ms())?;
-    app.authorize(&caller, Area::Connections, true)?;
-    if app.store.get_connection(&name).await?.is_some() {
-        return Err(ApiError::Conflict(format!("connection {name:?} already exists")));
-    }
     let view = ConnectionView::of(&record);
     app.managed(&caller, Area::Connections, "connection.create", &name, details, || async {
         app.store.create_connection(record).await?;
@@ -452,25 +448,25 @@ pub async fn update(
     State(app): State<AppState>,
     Caller(caller): Caller,
     Path(name): Path<String>,
-    Json(input): Json<ConnectionInput>,
+    Body(input): Body<ConnectionInput>,
 ) -> Result<Json<ConnectionView>, ApiError> {
     if input.name.as_deref().is_some_and(|n| n != name) {
         return Err(ApiError::invalid("a connection cannot be renamed"));
     }
-    app.authorize(&caller, Area::Connections, false)?;
-    let existing = app
-        .store
-        .get_connection(&name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("connection {name:?} not found")))?;
     let details = audit_details(&input);
-    let record = build(&app, &name, Some(existing), input, now_ms())?;
-    let view = ConnectionView::of(&record);
-    app.managed(&caller, Area::Connections, "connection.update", &name, details, || async {
-        app.store.update_connection(record).await?;
-        Ok(())
-    })
-    .await?;
+    let view = app
+        .managed(&caller, Area::Connections, "connection.update", &name, details, || async {
+            let existing = app
+                .store
+                .get_connection(&name)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("connection {name:?} not found")))?;
+            let record = build(&app, &name, Some(existing), input, now_ms())?;
+            let view = ConnectionView::of(&record);
+            app.store.update_connection(record).await?;
+            Ok(view)
+        })
+        .await?;
     Ok(Json(view))
 }
 
@@ -497,7 +493,7 @@ pub async fn add_credential(
     State(app): State<AppState>,
     Caller(caller): Caller,
     Path(name): Path<String>,
-    Json(input): Json<CredentialInput>,
+    Body(input): Body<CredentialInput>,
 ) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
     validate_name("credential", &input.name).map_err(ApiError::invalid)?;
     if input.groups.is_empty() {
@@ -506,29 +502,28 @@ pub async fn add_credential(
     for g in &input.groups {
         validate_group_name(g).map_err(ApiError::invalid)?;
     }
-    app.authorize(&caller, Area::Connections, false)?;
-    let conn = app
-        .store
-        .get_connection(&name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("connection {name:?} not found")))?;
-    let secret = match &input.secret {
-        Some(s) => Some(seal(&app, &conn.kind, s, &credential_aad(&name, &input.name))?),
-        None => None,
-    };
-    if secret.is_none() && input.user.is_none() {
+    if input.secret.is_none() && non_empty(input.user.clone()).is_none() {
         return Err(ApiError::invalid("a credential needs a user, a secret, or both"));
     }
-    let record = CredentialRecord {
-        name: input.name.clone(),
-        groups: input.groups.clone(),
-        user: non_empty(input.user.clone()),
-        secret,
-        created_at: now_ms(),
-    };
     let details = json!({"credential": input.name, "groups": input.groups, "user": input.user,
         "secret": input.secret.as_ref().map(|s| json!({"kind": s.kind, "value": "(set, not recorded)"}))});
     app.managed(&caller, Area::Connections, "connection.credential.add", &name, details, || async {
+        let conn = app
+            .store
+            .get_connection(&name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("connection {name:?} not found")))?;
+        let secret = match &input.secret {
+            Some(s) => Some(seal(&app, &conn.kind, s, &credential_aad(&name, &input.name))?),
+            None => None,
+        };
+        let record = CredentialRecord {
+            name: input.name.clone(),
+            groups: input.groups.clone(),
+            user: non_empty(input.user.clone()),
+            secret,
+            created_at: now_ms(),
+        };
         app.store.add_credential(&name, record).await?;
         Ok(())
     })

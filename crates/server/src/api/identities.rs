@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::{ApiError, AppState, Caller, ErrorBody, rfc3339};
+use super::{ApiError, AppState, Body, Caller, ErrorBody, rfc3339};
 use crate::app::Area;
 
 /// A service identity as the API shows it (never its token).
@@ -74,6 +74,26 @@ pub struct WhoAmI {
     pub admin: bool,
 }
 
+/// Options for a token rotation.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateInput {
+    /// The new token's lifetime, e.g. `90d`; absent keeps the old token's lifetime.
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// A lifetime like `90d` in milliseconds; `None` for no lifetime given.
+fn parse_ttl(ttl: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let Some(ttl) = ttl.map(str::trim).filter(|t| !t.is_empty()) else { return Ok(None) };
+    let d = humantime::parse_duration(ttl).map_err(|e| ApiError::invalid(format!("ttl {ttl:?}: {e}")))?;
+    let ms = i64::try_from(d.as_millis()).map_err(|_| ApiError::invalid(format!("ttl {ttl:?} is too long")))?;
+    if ms == 0 {
+        return Err(ApiError::invalid("ttl must be longer than zero"));
+    }
+    Ok(Some(ms))
+}
+
 fn clean_groups(groups: Vec<String>) -> Result<Vec<String>, ApiError> {
     let mut out: Vec<String> = Vec::new();
     for g in groups {
@@ -128,22 +148,12 @@ pub async fn show(
 pub async fn create(
     State(app): State<AppState>,
     Caller(caller): Caller,
-    Json(input): Json<NewIdentity>,
+    Body(input): Body<NewIdentity>,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
     validate_name("identity", &input.name).map_err(ApiError::invalid)?;
     let groups = clean_groups(input.groups)?;
     let now = now_ms();
-    let expires_at = match input.ttl.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-        None => None,
-        Some(ttl) => {
-            let d = humantime::parse_duration(ttl).map_err(|e| ApiError::invalid(format!("ttl {ttl:?}: {e}")))?;
-            let ms = i64::try_from(d.as_millis()).map_err(|_| ApiError::invalid(format!("ttl {ttl:?} is too long")))?;
-            if ms == 0 {
-                return Err(ApiError::invalid("ttl must be longer than zero"));
-            }
-            Some(now.saturating_add(ms))
-        }
-    };
+    let expires_at = parse_ttl(input.ttl.as_deref())?.map(|ms| now.saturating_add(ms));
     let issued = issue_token(&app.keys).map_err(|e| ApiError::Internal(e.to_string()))?;
     let record = IdentityRecord {
         name: input.name.clone(),
@@ -156,10 +166,6 @@ pub async fn create(
         token_rotated_at: None,
     };
     let view = IdentityView::of(&record, now);
-    if app.store.get_identity(&input.name).await?.is_some() {
-        app.authorize(&caller, Area::Identities, true)?;
-        return Err(ApiError::Conflict(format!("identity {:?} already exists", input.name)));
-    }
     let details = json!({"groups": groups, "expires_at": expires_at.map(rfc3339)});
     app.managed(&caller, Area::Identities, "identity.create", &input.name, details, || async {
         app.store.create_identity(record).await?;
@@ -170,17 +176,33 @@ pub async fn create(
 }
 
 #[utoipa::path(post, path = "/api/v1/identities/{name}/rotate", tag = "identities",
-    params(("name" = String, Path, description = "identity name")),
+    params(("name" = String, Path, description = "identity name")), request_body(content = Option<RotateInput>),
     responses((status = 200, body = TokenResponse), (status = 404, body = ErrorBody)))]
 pub async fn rotate(
     State(app): State<AppState>,
     Caller(caller): Caller,
     Path(name): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Json<TokenResponse>, ApiError> {
+    let input: RotateInput = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateInput::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("request body: {e}")))?
+    };
     let issued = issue_token(&app.keys).map_err(|e| ApiError::Internal(e.to_string()))?;
     let now = now_ms();
-    app.managed(&caller, Area::Identities, "identity.rotate", &name, json!({}), || async {
-        app.store.rotate_identity_token(&name, &issued.hash, now).await?;
+    let ttl = parse_ttl(input.ttl.as_deref())?;
+    app.managed(&caller, Area::Identities, "identity.rotate", &name, json!({"ttl": input.ttl}), || async {
+        let current = app
+            .store
+            .get_identity(&name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("identity {name:?} not found")))?;
+        // Without --ttl, the new token lives as long as the old one was meant to.
+        let lifetime =
+            ttl.or_else(|| current.expires_at.map(|e| e - current.token_rotated_at.unwrap_or(current.created_at)));
+        let expires_at = lifetime.map(|l| now.saturating_add(l.max(1)));
+        app.store.rotate_identity_token(&name, &issued.hash, now, expires_at).await?;
         Ok(())
     })
     .await?;

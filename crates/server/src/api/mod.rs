@@ -44,6 +44,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("{message}")]
     Invalid { message: String, problems: Vec<String> },
     #[error("{0}")]
@@ -84,6 +86,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden { policies, .. } => (StatusCode::FORBIDDEN, "forbidden", Some(policies), None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None, None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None, None),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None, None),
             ApiError::Invalid { problems, .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid", None, (!problems.is_empty()).then_some(problems))
             }
@@ -116,6 +119,45 @@ impl From<StoreError> for ApiError {
 impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
         ApiError::Unavailable(format!("{e}; the change was not made"))
+    }
+}
+
+/// A JSON request body whose rejection (bad JSON, unknown field, wrong content type) is an
+/// [`ApiError`] in the documented shape, not a plain-text response.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => Err(ApiError::invalid(rejection.body_text())),
+        }
+    }
+}
+
+/// Query-string parameters, rejected as [`ApiError`] like [`Body`].
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Params(v)),
+            Err(rejection) => Err(ApiError::invalid(rejection.body_text())),
+        }
     }
 }
 
@@ -191,6 +233,9 @@ pub fn router(app: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
+        })
         .with_state(app)
 }
 

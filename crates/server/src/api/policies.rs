@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::{ApiError, AppState, Caller, ErrorBody, rfc3339};
+use super::{ApiError, AppState, Body, Caller, ErrorBody, rfc3339};
 use crate::app::{Area, principal_kind};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -90,31 +90,25 @@ pub async fn show(State(app): State<AppState>, Caller(caller): Caller) -> Result
 pub async fn set(
     State(app): State<AppState>,
     Caller(caller): Caller,
-    Json(input): Json<PolicyInput>,
+    Body(input): Body<PolicyInput>,
 ) -> Result<Json<PolicyView>, ApiError> {
-    let loaded = gatehouse_policy::validate(&input.text).map_err(|e| ApiError::Invalid {
-        message: "the policy set is invalid; the policies in force are unchanged".into(),
-        problems: if e.problems().is_empty() {
-            vec![e.to_string()]
-        } else {
-            e.problems().iter().map(ToString::to_string).collect()
-        },
-    })?;
-    let ids: Vec<String> = loaded.summary().ids().into_iter().map(String::from).collect();
     let now = now_ms();
-    let version = app
-        .managed(
-            &caller,
-            Area::Policies,
-            "policies.set",
-            "policies",
-            json!({"policies": ids, "text": input.text}),
-            || async {
-                let version = app.store.put_policy(&input.text, &caller.name, now).await?;
-                app.policy.set(&input.text).map_err(|e| ApiError::Internal(e.to_string()))?;
-                Ok(version)
-            },
-        )
+    let details = json!({"text": input.text});
+    let (version, ids) = app
+        .managed(&caller, Area::Policies, "policies.set", "policies", details, || async {
+            let loaded = gatehouse_policy::validate(&input.text).map_err(|e| ApiError::Invalid {
+                message: "the policy set is invalid; the policies in force are unchanged".into(),
+                problems: if e.problems().is_empty() {
+                    vec![e.to_string()]
+                } else {
+                    e.problems().iter().map(ToString::to_string).collect()
+                },
+            })?;
+            let ids: Vec<String> = loaded.summary().ids().into_iter().map(String::from).collect();
+            let version = app.store.put_policy(&input.text, &caller.name, now).await?;
+            app.policy.set(&input.text).map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok((version, ids))
+        })
         .await?;
     tracing::info!(version, policies = ids.len(), by = %caller.name, "policy set replaced");
     Ok(Json(view(&app.policy, version, Some(caller.name.clone()), Some(now))))
@@ -130,8 +124,10 @@ pub async fn schema(Caller(_caller): Caller) -> &'static str {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckInput {
-    /// `Service::"fn-billing"` or `User::"alice@example.com"`.
-    pub principal: String,
+    /// `Service::"fn-billing"` or `User::"alice@example.com"`; absent for the caller itself
+    /// (with the groups its token carries).
+    #[serde(default)]
+    pub principal: Option<String>,
     /// An action from the schema, e.g. `sql.delete`.
     pub action: String,
     /// One or more resources, e.g. `Table::"pg-prod/public.t"`; several are decided together.
@@ -189,14 +185,16 @@ pub struct CheckResult {
 pub async fn check(
     State(app): State<AppState>,
     Caller(caller): Caller,
-    Json(input): Json<CheckInput>,
+    Body(input): Body<CheckInput>,
 ) -> Result<Json<CheckResult>, ApiError> {
     app.authorize(&caller, Area::Policies, false)?;
-    let (kind, name) = principal_kind(&input.principal).ok_or_else(|| {
-        ApiError::invalid(format!("principal {:?} must be Service::\"NAME\" or User::\"NAME\"", input.principal))
-    })?;
+    let text = input.principal.clone().unwrap_or_else(|| caller.entity_ref());
+    let (kind, name) = principal_kind(&text)
+        .ok_or_else(|| ApiError::invalid(format!("principal {text:?} must be Service::\"NAME\" or User::\"NAME\"")))?;
     let principal = match (&input.groups, kind) {
         (Some(groups), _) => Identity { kind, name, groups: groups.iter().cloned().collect(), expires_at: None },
+        // The caller asking about itself: the groups its credential carries now.
+        (None, _) if kind == caller.kind && name == caller.name => caller.clone(),
         (None, IdentityKind::Service) => {
             let record = app.store.get_identity(&name).await?.ok_or_else(|| {
                 ApiError::NotFound(format!(

@@ -1,10 +1,10 @@
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use gatehouse_store::{SessionFilter, SessionRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, AppState, Caller, ErrorBody, rfc3339};
+use super::{ApiError, AppState, Caller, ErrorBody, Params, rfc3339};
 use crate::app::Area;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -74,7 +74,7 @@ pub struct ListParams {
 pub async fn list(
     State(app): State<AppState>,
     Caller(caller): Caller,
-    Query(params): Query<ListParams>,
+    Params(params): Params<ListParams>,
 ) -> Result<Json<Vec<SessionView>>, ApiError> {
     app.authorize(&caller, Area::Sessions, false)?;
     let limit = params.limit.unwrap_or(50);
