@@ -13,7 +13,7 @@ mod verify;
 mod writer;
 
 pub use chain::{ChainHead, HEAD_FILE, chain_mac, read_head, write_head};
-pub use verify::{VerifyReport, verify};
+pub use verify::{VerifyReport, verify, verify_with_head};
 pub use writer::{AuditWriter, Entry, FsyncPolicy, WriterStats};
 
 /// Milliseconds since the Unix epoch.

@@ -40,12 +40,36 @@ impl VerifyReport {
 /// events (the head records more than the store holds).
 pub async fn verify(store: &dyn Store, keys: &Keys, head_path: &Path) -> Result<VerifyReport, String> {
     // The head is read first: events committed while we walk only make it older, never newer.
-    let head = read_head(head_path)?;
+    verify_with_head(store, keys, read_head(head_path), None, head_path).await
+}
+
+/// [`verify`] against a chain head read earlier, checking events up to `until` only: at
+/// start-up, the head and the last sequence number are taken before this run writes anything.
+pub async fn verify_with_head(
+    store: &dyn Store,
+    keys: &Keys,
+    head: Result<Option<crate::ChainHead>, String>,
+    until: Option<i64>,
+    head_path: &Path,
+) -> Result<VerifyReport, String> {
+    let head = match head {
+        Ok(head) => head,
+        Err(e) => {
+            return Ok(VerifyReport::bad(
+                0,
+                None,
+                format!("the chain head is unreadable ({e}); the newest events cannot be checked"),
+            ));
+        }
+    };
     let mut expected = 1i64;
     let mut prev = vec![0u8; 32];
     let mut head_seen = false;
     loop {
-        let page = store.events_after(expected - 1, PAGE).await.map_err(|e| e.to_string())?;
+        let mut page = store.events_after(expected - 1, PAGE).await.map_err(|e| e.to_string())?;
+        if let Some(until) = until {
+            page.retain(|e| e.seq <= until);
+        }
         if page.is_empty() {
             break;
         }

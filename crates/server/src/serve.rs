@@ -120,6 +120,9 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let (store, keys) = open(&loaded).await?;
     let data_dir = loaded.config.data_dir.clone();
     let fsync = if loaded.fsync_each_batch { FsyncPolicy::EveryBatch } else { FsyncPolicy::Off };
+    // The chain head as it was before this run writes a new one, for the start-up check.
+    let head_at_start = gatehouse_audit::read_head(&data_dir.join(HEAD_FILE));
+    let last_at_start = store.last_event().await?.map(|(seq, _)| seq).unwrap_or(0);
     let (audit, writer_task) = AuditWriter::start(store.clone(), keys.clone(), data_dir.join(HEAD_FILE), fsync).await?;
 
     let policy = PolicyEngine::new();
@@ -160,12 +163,27 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
 
     let checker = app.clone();
     tokio::spawn(async move {
-        match gatehouse_audit::verify(checker.store.as_ref(), &checker.keys, &checker.head_path()).await {
+        let head_path = checker.head_path();
+        match gatehouse_audit::verify_with_head(
+            checker.store.as_ref(),
+            &checker.keys,
+            head_at_start,
+            Some(last_at_start),
+            &head_path,
+        )
+        .await
+        {
             Ok(report) => {
                 if report.ok {
                     tracing::info!(events = report.events, "audit chain verified");
                 } else {
                     tracing::error!(result = %report.line(), "AUDIT CHAIN BROKEN; the gateway keeps serving and recording");
+                    // The finding goes into the chain itself, so it outlives a replaced head file.
+                    if let Err(e) =
+                        checker.record_server_event("audit.chain_broken", json!({"result": report.line()})).await
+                    {
+                        tracing::error!(error = %e, "could not record the broken chain");
+                    }
                 }
                 *checker.chain.write().await = Some(report);
             }

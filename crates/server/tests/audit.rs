@@ -109,3 +109,40 @@ fn verify_passes_on_an_untouched_trail_online_and_offline() {
     let (ok, line) = verify_offline(&gw);
     assert!(ok && line.starts_with("ok: "), "{line}");
 }
+
+#[test]
+fn a_corrupt_chain_head_is_reported_and_the_server_still_starts() {
+    let mut gw = gateway();
+    make_events(&gw);
+    gw.terminate().unwrap();
+    std::fs::write(gw.data_dir().join("audit.head"), "not json").unwrap();
+    gw.restart().unwrap();
+    gw.cli_ok(&["identities", "add", "after-restart"]).unwrap();
+    // The start-up check found it, logged it, and recorded it in the chain itself.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let recorded = loop {
+        let conn = rusqlite::Connection::open(gw.data_dir().join("gatehouse.db")).unwrap();
+        let payload: Option<String> =
+            conn.query_row("SELECT payload FROM audit_events WHERE kind = 'audit.chain_broken'", [], |r| r.get(0)).ok();
+        if let Some(p) = payload {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no audit.chain_broken event");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(recorded.contains("chain head is unreadable"), "{recorded}");
+    assert!(gw.log().contains("AUDIT CHAIN BROKEN"), "{}", gw.log());
+}
+
+#[test]
+fn refused_management_changes_are_recorded_too() {
+    let gw = gateway();
+    let token = gw.cli_ok(&["identities", "add", "intruder", "--groups", "visitors"]).unwrap();
+    let out = gw.cli_as(token.trim(), &["connections", "add", "x", "--type", "redis", "--host", "h"]).unwrap();
+    assert!(!out.status.success());
+    let list: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["sessions", "list", "--identity", "intruder", "--json"]).unwrap()).unwrap();
+    assert_eq!(list[0]["denied"], 1, "{list}");
+    let show = gw.cli_ok(&["sessions", "show", list[0]["id"].as_str().unwrap()]).unwrap();
+    assert!(show.contains("connection.create x -> deny"), "{show}");
+}

@@ -99,3 +99,26 @@ fn identity_input_is_validated() {
         assert!(stdout(&out).is_empty(), "nothing on stdout for a failure");
     }
 }
+
+#[test]
+fn rotation_keeps_the_lifetime_or_takes_a_new_one() {
+    let gw = gateway();
+    gw.cli_ok(&["identities", "add", "svc", "--ttl", "1h"]).unwrap();
+    let expiry = |gw: &Gateway| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&gw.cli_ok(&["identities", "show", "svc", "--json"]).unwrap()).unwrap();
+        v["expires_at"].as_str().unwrap().to_string()
+    };
+    let first = expiry(&gw);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    gw.cli_ok(&["identities", "rotate", "svc"]).unwrap();
+    assert!(expiry(&gw) > first, "a rotated token gets a full lifetime from now");
+    gw.cli_ok(&["identities", "rotate", "svc", "--ttl", "30d"]).unwrap();
+    let year_month = expiry(&gw);
+    assert!(year_month > first, "{year_month} vs {first}");
+    gw.cli_ok(&["identities", "add", "forever"]).unwrap();
+    gw.cli_ok(&["identities", "rotate", "forever"]).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["identities", "show", "forever", "--json"]).unwrap()).unwrap();
+    assert!(v["expires_at"].is_null());
+}

@@ -64,6 +64,11 @@ fn sigterm_drains_and_exits_zero_and_restart_keeps_everything() {
     // A second start on a non-empty store does not replace the bootstrap token.
     let r = curl("GET", &format!("{}/api/v1/whoami", gw.url()), Some(gw.admin_token()), None);
     assert_eq!(r.status, 200);
+    // A clean restart is not a broken chain.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!gw.log().contains("AUDIT CHAIN BROKEN"), "{}", gw.log());
+    let ready = curl("GET", &format!("{}/readyz", gw.url()), None, None);
+    assert!(ready.json()["audit_chain"].as_str().unwrap().starts_with("ok: "), "{}", ready.body);
 }
 
 fn serve_fails(env: &[(&str, &str)], config: Option<&str>) -> String {
@@ -186,4 +191,41 @@ fn api_over_tls_with_the_configured_certificate() {
     let e =
         serve_fails(&[("GATEHOUSE_TLS_CERT", cert.to_str().unwrap()), ("GATEHOUSE_TLS_KEY", "/nonexistent.key")], None);
     assert!(e.contains("tls.key") && e.contains("nonexistent"), "{e}");
+}
+
+#[test]
+fn an_existing_store_without_its_master_key_refuses_to_start() {
+    let mut gw = gateway();
+    gw.cli_ok(&["identities", "add", "svc", "--groups", "g"]).unwrap();
+    gw.terminate().unwrap();
+    let key = gw.data_dir().join("master.key");
+    let saved = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let err = gw.restart().unwrap_err().to_string();
+    assert!(err.contains("master key must be given"), "{err}");
+    assert!(!key.exists(), "no new key was generated next to the old store");
+    std::fs::write(&key, saved).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    gw.restart().unwrap();
+    gw.cli_ok(&["identities", "show", "svc"]).unwrap();
+}
+
+#[test]
+fn api_errors_keep_their_shape_for_malformed_requests() {
+    let gw = gateway();
+    let t = Some(gw.admin_token());
+    for (method, path, body, status) in [
+        ("POST", "/api/v1/identities", Some("{not json"), 422),
+        ("POST", "/api/v1/identities", Some("[]"), 422),
+        ("DELETE", "/api/v1/policies", None, 405),
+        ("GET", "/api/v1/sessions?limit=lots", None, 422),
+    ] {
+        let r = curl(method, &format!("{}{path}", gw.url()), t, body);
+        assert_eq!(r.status, status, "{method} {path}: {}", r.body);
+        assert!(r.json()["error"]["code"].is_string() && r.json()["error"]["message"].is_string(), "{}", r.body);
+    }
 }
