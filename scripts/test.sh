@@ -21,11 +21,18 @@ command -v cc >/dev/null 2>&1 || packages+=(gcc)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
+command -v python3 >/dev/null 2>&1 || packages+=(python3 python3-pip)
 
 if [ "${#packages[@]}" -gt 0 ]; then
     echo "installing: ${packages[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}"
+fi
+
+# The Prometheus project's parser, to check /metrics.
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'prometheus_client==0.26.0' \
+        || python3 -m pip install --quiet --break-system-packages 'prometheus_client==0.26.0'
 fi
 
 # The OIDC provider the tests run (an npm package, pinned by its lockfile).

@@ -40,6 +40,10 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<i64>, AuditError>>,
 }
 
+/// Called after each batch with how many events it held, how long the commit took, and whether
+/// it succeeded.
+pub type CommitObserver = Arc<dyn Fn(usize, std::time::Duration, bool) + Send + Sync>;
+
 /// Counters for metrics and `/readyz`.
 #[derive(Debug, Default)]
 pub struct WriterStats {
@@ -67,6 +71,17 @@ impl AuditWriter {
         head_path: PathBuf,
         fsync: FsyncPolicy,
     ) -> Result<(AuditWriter, tokio::task::JoinHandle<()>), AuditError> {
+        Self::start_observed(store, keys, head_path, fsync, None).await
+    }
+
+    /// [`AuditWriter::start`], calling `observer` after every batch (for metrics).
+    pub async fn start_observed(
+        store: Arc<dyn Store>,
+        keys: Arc<Keys>,
+        head_path: PathBuf,
+        fsync: FsyncPolicy,
+        observer: Option<CommitObserver>,
+    ) -> Result<(AuditWriter, tokio::task::JoinHandle<()>), AuditError> {
         let last = store.last_event().await.map_err(|e| AuditError::Unavailable(e.to_string()))?;
         let head = crate::read_head(&head_path).unwrap_or_else(|e| {
             tracing::error!(error = %e, "the audit chain head is unreadable; continuing from the store (verify reports it)");
@@ -86,7 +101,7 @@ impl AuditWriter {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(WriterStats::default());
-        let task = Task { store, keys, head_path, fsync, seq, prev, stats: stats.clone() };
+        let task = Task { store, keys, head_path, fsync, seq, prev, stats: stats.clone(), observer };
         let handle = tokio::spawn(task.run(rx));
         Ok((AuditWriter { tx, stats }, handle))
     }
@@ -122,6 +137,7 @@ struct Task {
     seq: i64,
     prev: Vec<u8>,
     stats: Arc<WriterStats>,
+    observer: Option<CommitObserver>,
 }
 
 impl Task {
@@ -202,8 +218,12 @@ impl Task {
                 tracing::error!(error = %e, events = n, "audit batch not recorded; its requests are refused");
             }
         }
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let elapsed = started.elapsed();
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.stats.last_commit_micros.store(micros, Ordering::Relaxed);
+        if let Some(observe) = &self.observer {
+            observe(usize::try_from(n).unwrap_or(usize::MAX), elapsed, result.is_ok());
+        }
         for (job, mine) in jobs.into_iter().zip(seqs) {
             let _ = job.reply.send(result.clone().map(|()| mine));
         }

@@ -24,6 +24,9 @@ pub struct App {
     pub policy: PolicyEngine,
     pub audit: AuditWriter,
     pub auth: Authenticator,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Whether `/metrics` is served (`[metrics] enabled`).
+    pub metrics_enabled: bool,
     /// The result of the audit chain check run at start-up (and refreshed by `audit verify`).
     pub chain: RwLock<Option<VerifyReport>>,
 }
@@ -73,6 +76,7 @@ impl App {
     /// `Api::"<area>"` from policy. A management call is never held for review.
     pub fn authorize(&self, caller: &Identity, area: Area, write: bool) -> Result<(), ApiError> {
         if caller.is_admin() {
+            self.metrics.request("api", "allow");
             return Ok(());
         }
         let req = AuthzRequest {
@@ -85,6 +89,7 @@ impl App {
             tracing::error!(error = %e, "management authorisation could not be evaluated; denying");
             Decision::deny(vec![])
         });
+        self.metrics.request("api", decision.outcome.as_str());
         match decision.outcome {
             Outcome::Allow => Ok(()),
             Outcome::Review | Outcome::Deny => Err(ApiError::Forbidden {
@@ -117,6 +122,7 @@ impl App {
     {
         let session_id = new_session_id();
         let start = self.session_start(&session_id, caller);
+        self.metrics.session("api");
         let authorized = self.authorize(caller, area, true);
         let (decision, policies) = match &authorized {
             Ok(()) => ("allow", vec![]),

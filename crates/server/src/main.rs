@@ -8,6 +8,7 @@ mod api;
 mod app;
 mod cli;
 mod config;
+mod metrics;
 mod serve;
 mod tls;
 

@@ -123,7 +123,15 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     // The chain head as it was before this run writes a new one, for the start-up check.
     let head_at_start = gatehouse_audit::read_head(&data_dir.join(HEAD_FILE));
     let last_at_start = store.last_event().await?.map(|(seq, _)| seq).unwrap_or(0);
-    let (audit, writer_task) = AuditWriter::start(store.clone(), keys.clone(), data_dir.join(HEAD_FILE), fsync).await?;
+    let metrics = crate::metrics::Metrics::new();
+    let (audit, writer_task) = AuditWriter::start_observed(
+        store.clone(),
+        keys.clone(),
+        data_dir.join(HEAD_FILE),
+        fsync,
+        Some(metrics.audit_observer()),
+    )
+    .await?;
 
     let policy = PolicyEngine::new();
     if let Some(current) = store.current_policy().await? {
@@ -153,6 +161,8 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let app = Arc::new(App {
         data_dir: data_dir.clone(),
         auth: Authenticator::new(store.clone(), keys.clone(), oidc),
+        metrics,
+        metrics_enabled: loaded.config.metrics.enabled,
         store,
         keys,
         policy,

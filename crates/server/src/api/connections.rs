@@ -601,6 +601,9 @@ pub async fn test(
     let started = Instant::now();
     let result = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(address.as_str())).await;
     let latency = started.elapsed().as_secs_f64() * 1000.0;
+    if !matches!(result, Ok(Ok(_))) {
+        app.metrics.upstream_error(&name);
+    }
     Ok(Json(match result {
         Ok(Ok(_)) => TestResult { reachable: true, address, latency_ms: Some(latency), error: None },
         Ok(Err(e)) => TestResult { reachable: false, address, latency_ms: None, error: Some(e.to_string()) },

@@ -179,7 +179,16 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be 'Bearer TOKEN'".into()))?;
-        match app.auth.authenticate(token, now_ms()).await {
+        let method = if token.starts_with(gatehouse_auth::TOKEN_PREFIX) { "token" } else { "oidc" };
+        let result = app.auth.authenticate(token, now_ms()).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(AuthError::Expired) => "expired",
+            Err(AuthError::Unavailable(_)) => "unavailable",
+            Err(_) => "refused",
+        };
+        app.metrics.authentication(method, outcome);
+        match result {
             Ok(identity) => Ok(Caller(identity)),
             Err(AuthError::Unavailable(e)) => Err(ApiError::Unavailable(e)),
             Err(e) => Err(ApiError::Unauthenticated(e.to_string())),
@@ -230,6 +239,7 @@ pub fn router(app: AppState) -> Router {
     let openapi = Arc::new(openapi);
     router
         .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -237,6 +247,20 @@ pub fn router(app: AppState) -> Router {
             ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
         })
         .with_state(app)
+}
+
+/// Prometheus metrics (OpenMetrics text), unless `[metrics] enabled = false`.
+async fn metrics(State(app): State<AppState>) -> Response {
+    if !app.metrics_enabled {
+        return ApiError::NotFound("metrics are disabled ([metrics] enabled = false)".into()).into_response();
+    }
+    match app.metrics.render(app.audit.stats()) {
+        Ok(text) => {
+            ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+                .into_response()
+        }
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
 }
 
 async fn healthz() -> Json<serde_json::Value> {
