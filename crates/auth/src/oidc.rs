@@ -54,7 +54,11 @@ struct Key {
 #[derive(Default)]
 struct Cache {
     keys: HashMap<String, Arc<Key>>,
+    /// The last successful fetch.
     fetched: Option<Instant>,
+    /// The last attempt, successful or not: refreshes are rate-limited on this, so a provider
+    /// that is down is not asked again for every token.
+    attempted: Option<Instant>,
     jwks_uri: Option<String>,
 }
 
@@ -134,6 +138,7 @@ impl OidcVerifier {
     /// Loads the discovery document (once) and the JWKS, replacing the cached keys: keys the
     /// provider removed stop verifying.
     async fn refresh(&self) -> Result<usize, String> {
+        self.cache.write().await.attempted = Some(Instant::now());
         let jwks_uri = match self.cache.read().await.jwks_uri.clone() {
             Some(uri) => uri,
             None => {
@@ -182,7 +187,7 @@ impl OidcVerifier {
             (
                 cache.keys.get(kid).cloned(),
                 age.is_none_or(|a| a > self.settings.jwks_max_age),
-                age.is_some_and(|a| a < self.settings.jwks_min_refresh),
+                cache.attempted.is_some_and(|a| a.elapsed() < self.settings.jwks_min_refresh),
             )
         };
         if let Some(key) = found
@@ -193,7 +198,7 @@ impl OidcVerifier {
         if !recent {
             let _guard = self.refreshing.lock().await;
             // Another caller may have refreshed while we waited.
-            let fresh = self.cache.read().await.fetched.is_some_and(|f| f.elapsed() < self.settings.jwks_min_refresh);
+            let fresh = self.cache.read().await.attempted.is_some_and(|a| a.elapsed() < self.settings.jwks_min_refresh);
             if !fresh && let Err(e) = self.refresh().await {
                 tracing::warn!(error = %e, "cannot refresh the identity provider's keys");
             }
@@ -226,9 +231,11 @@ impl OidcVerifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let data = jsonwebtoken::decode::<Value>(token, &key.key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
+            if matches!(e.kind(), ErrorKind::ExpiredSignature) {
+                return AuthError::Expired;
+            }
             AuthError::Rejected(
                 match e.kind() {
-                    ErrorKind::ExpiredSignature => "token expired",
                     ErrorKind::ImmatureSignature => "token not valid yet (nbf)",
                     ErrorKind::InvalidAudience => "token is for another audience",
                     ErrorKind::InvalidIssuer => "token is from another issuer",

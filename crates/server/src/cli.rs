@@ -80,6 +80,20 @@ enum Command {
     /// The tamper-evident audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The certificates the gateway presents.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Print the CA certificate (PEM) that signs the database listeners' generated certificate,
+    /// for callers to pin (`sslrootcert=`); generates it in the data directory if needed.
+    Ca {
+        /// Data directory (default ./gatehouse-data).
+        #[arg(long, default_value = "./gatehouse-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -611,6 +625,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 Ok(ExitCode::from(2))
             }
         },
+        Command::Tls(TlsCommand::Ca { data_dir }) => {
+            if !data_dir.is_dir() {
+                return Err(Failure(format!(
+                    "data directory {} does not exist; start the server once",
+                    data_dir.display()
+                )));
+            }
+            let (_, ca) = crate::tls::generated(data_dir).map_err(Failure)?;
+            out!("{ca}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit(AuditCommand::Verify { data_dir: Some(dir), json }) => {
             let (store, keys) = crate::serve::open_offline(dir)?;
             let report = gatehouse_audit::verify(store.as_ref(), &keys, &dir.join(gatehouse_audit::HEAD_FILE)).await?;
@@ -876,7 +901,7 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Serve(_) | Command::Config(_) => return unreachable_serve(),
+        Command::Serve(_) | Command::Config(_) | Command::Tls(_) => return unreachable_serve(),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -43,18 +43,18 @@ impl Metrics {
             "Requests decided, by protocol and decision (allow, review, deny)",
             requests.clone(),
         );
-        // Reviews and masking arrive with their adapters; the families are declared now so
-        // dashboards and alerts can be written against stable names.
-        registry.register(
-            "reviews",
-            "Reviews, by status (created, approved, denied, expired)",
-            Family::<Labels, Counter>::default(),
-        );
-        registry.register(
-            "masked_values",
-            "Values masked in responses, by detector",
-            Family::<Labels, Counter>::default(),
-        );
+        // Reviews and masking arrive with their adapters; their series exist from the start (at
+        // zero) so dashboards and alerts can be written against stable names.
+        let reviews = Family::<Labels, Counter>::default();
+        for status in ["created", "approved", "denied", "expired"] {
+            let _ = reviews.get_or_create(&vec![("status", status.to_string())]);
+        }
+        registry.register("reviews", "Reviews, by status (created, approved, denied, expired)", reviews);
+        let masked = Family::<Labels, Counter>::default();
+        for detector in ["email", "credit_card", "iban", "ssn", "phone", "ip", "secret"] {
+            let _ = masked.get_or_create(&vec![("detector", detector.to_string())]);
+        }
+        registry.register("masked_values", "Values masked in responses, by detector", masked);
         let upstream_errors = Family::<Labels, Counter>::default();
         registry.register(
             "upstream_errors",

@@ -71,6 +71,7 @@ fn metrics_parse_and_counters_move() {
     assert!(moved("gatehouse_audit_events_total", &[]) >= 8.0, "{after}");
     assert!(moved("gatehouse_audit_commit_seconds_count", &[]) >= 1.0);
     assert!(after["gatehouse_audit_queue_depth"].is_array());
+    assert!(after["gatehouse_reviews_total"].is_array() && after["gatehouse_masked_values_total"].is_array());
 }
 
 #[test]

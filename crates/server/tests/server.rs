@@ -229,3 +229,33 @@ fn api_errors_keep_their_shape_for_malformed_requests() {
         assert!(r.json()["error"]["code"].is_string() && r.json()["error"]["message"].is_string(), "{}", r.body);
     }
 }
+
+#[test]
+fn tls_ca_prints_a_stable_ca_that_signs_the_generated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let out = Command::new(bin()).args(["tls", "ca", "--data-dir"]).arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let first = run();
+    assert!(first.starts_with("-----BEGIN CERTIFICATE-----"), "{first}");
+    assert_eq!(run(), first, "the CA is kept, so pinned callers keep working");
+    let tls = dir.path().join("tls");
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(tls.join("ca.crt"))
+        .arg(tls.join("server.crt"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}{}", stdout(&verify), stderr(&verify));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for key in ["ca.key", "server.key"] {
+            assert_eq!(std::fs::metadata(tls.join(key)).unwrap().permissions().mode() & 0o777, 0o600, "{key}");
+        }
+    }
+    let missing = Command::new(bin()).args(["tls", "ca", "--data-dir", "/nonexistent-gatehouse-dir"]).output().unwrap();
+    assert!(!missing.status.success());
+}

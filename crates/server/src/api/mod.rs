@@ -179,7 +179,7 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be 'Bearer TOKEN'".into()))?;
-        let method = if token.starts_with(gatehouse_auth::TOKEN_PREFIX) { "token" } else { "oidc" };
+        let method = if gatehouse_auth::oidc::looks_like_jwt(token) { "oidc" } else { "token" };
         let result = app.auth.authenticate(token, now_ms()).await;
         let outcome = match &result {
             Ok(_) => "ok",
