@@ -18,6 +18,7 @@ if ! command -v pg_config >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/init
 fi
 command -v runuser >/dev/null 2>&1 || packages+=(util-linux)
 command -v cc >/dev/null 2>&1 || packages+=(gcc)
+dpkg -s libclang-dev >/dev/null 2>&1 || packages+=(libclang-dev)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
