@@ -7,6 +7,7 @@
 
 mod decision;
 mod identity;
+pub mod pipeline;
 mod resource;
 
 pub use decision::{Approval, AuthzRequest, Decision, Outcome};

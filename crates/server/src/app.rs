@@ -29,6 +29,8 @@ pub struct App {
     pub metrics_enabled: bool,
     /// The result of the audit chain check run at start-up (and refreshed by `audit verify`).
     pub chain: RwLock<Option<VerifyReport>>,
+    /// Proxied sessions open right now.
+    pub live: crate::pipeline::LiveSessions,
 }
 
 /// The parts of the management API, as `Api::"…"` resources in policy.

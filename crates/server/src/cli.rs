@@ -377,6 +377,8 @@ enum SessionsCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// End a live session now; its caller gets a clear error.
+    Kill { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -827,6 +829,10 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
             }
         },
         Command::Sessions(cmd) => match cmd {
+            SessionsCommand::Kill { id } => {
+                let _: Value = c.call(Method::POST, &format!("/api/v1/sessions/{}/kill", path_part(id)), None).await?;
+                eprintln!("session {id} killed");
+            }
             SessionsCommand::List { identity, connection, limit, json } => {
                 let mut query = vec![format!("limit={limit}")];
                 if let Some(i) = identity {

@@ -15,7 +15,7 @@ const TOP_LEVEL: &[&str] = &["data_dir", "store"];
 /// Sections a `GATEHOUSE_<SECTION>_<KEY>` variable may address. Variables for other sections
 /// (another tool's, or a section a later version adds) are ignored with a warning; a wrong key
 /// inside a known section stops the server.
-const SECTIONS: &[&str] = &["listen", "tls", "audit", "log", "server", "oidc", "metrics"];
+const SECTIONS: &[&str] = &["listen", "tls", "audit", "log", "server", "oidc", "metrics", "postgres"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,6 +28,7 @@ pub struct Config {
     pub tls: Tls,
     pub oidc: Oidc,
     pub metrics: Metrics,
+    pub postgres: Postgres,
     pub audit: Audit,
     pub log: Log,
     pub server: Server,
@@ -42,6 +43,7 @@ impl Default for Config {
             tls: Tls::default(),
             oidc: Oidc::default(),
             metrics: Metrics::default(),
+            postgres: Postgres::default(),
             audit: Audit::default(),
             log: Log::default(),
             server: Server::default(),
@@ -128,6 +130,55 @@ impl Default for Oidc {
     }
 }
 
+/// Limits of the PostgreSQL listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Postgres {
+    /// A caller must have started up and authenticated within this.
+    pub auth_timeout: String,
+    /// A session with no statement for this long is ended; "0s" never ends one.
+    pub idle_timeout: String,
+    /// The largest message a caller may send, e.g. "64MiB".
+    pub max_message: String,
+    /// Deadline for the gateway's own login to the resource.
+    pub connect_timeout: String,
+}
+
+impl Default for Postgres {
+    fn default() -> Self {
+        Postgres {
+            auth_timeout: "10s".into(),
+            idle_timeout: "1h".into(),
+            max_message: "64MiB".into(),
+            connect_timeout: "10s".into(),
+        }
+    }
+}
+
+/// The PostgreSQL listener's limits, checked.
+#[derive(Debug, Clone)]
+pub struct PostgresLimits {
+    pub auth_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub max_message: usize,
+    pub connect_timeout: Duration,
+}
+
+fn parse_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: usize = n.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "kB" => 1024,
+        "MiB" | "M" | "MB" => 1024 * 1024,
+        "GiB" | "G" | "GB" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
@@ -208,6 +259,9 @@ pub struct Loaded {
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Set when `[oidc] issuer` is configured.
     pub oidc: Option<gatehouse_auth::OidcSettings>,
+    /// The PostgreSQL listener's address (`None`: disabled) and limits.
+    pub postgres_addr: Option<SocketAddr>,
+    pub postgres: PostgresLimits,
     pub shutdown_grace: Duration,
     pub fsync_each_batch: bool,
 }
@@ -318,6 +372,7 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
     };
     let l = &config.listen;
     let mut api_addr = None;
+    let mut postgres_addr = None;
     for (key, value) in [
         ("api", &l.api),
         ("postgres", &l.postgres),
@@ -334,6 +389,9 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
             .map_err(|_| err(&format!("listen.{key}"), format!("{value:?} is not an address like 127.0.0.1:8800")))?;
         if key == "api" {
             api_addr = Some(addr);
+        }
+        if key == "postgres" {
+            postgres_addr = Some(addr);
         }
     }
     let tls = match (config.tls.cert.is_empty(), config.tls.key.is_empty()) {
@@ -362,6 +420,17 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
         ));
     }
     let oidc = oidc_settings(&config.oidc, &err)?;
+    let pg = &config.postgres;
+    let duration = |key: &str, v: &str| humantime::parse_duration(v).map_err(|e| err(key, format!("{v:?}: {e}")));
+    let idle = duration("postgres.idle_timeout", &pg.idle_timeout)?;
+    let postgres = PostgresLimits {
+        auth_timeout: duration("postgres.auth_timeout", &pg.auth_timeout)?,
+        idle_timeout: (!idle.is_zero()).then_some(idle),
+        max_message: parse_size(&pg.max_message).filter(|n| *n >= 1024).ok_or_else(|| {
+            err("postgres.max_message", format!("{:?} is not a size like 64MiB (at least 1KiB)", pg.max_message))
+        })?,
+        connect_timeout: duration("postgres.connect_timeout", &pg.connect_timeout)?,
+    };
     let fsync_each_batch = match config.audit.fsync.as_str() {
         "batch" => true,
         "off" => false,
@@ -375,7 +444,7 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
     }
     let shutdown_grace = humantime::parse_duration(&config.server.shutdown_grace)
         .map_err(|e| err("server.shutdown_grace", format!("{:?}: {e}", config.server.shutdown_grace)))?;
-    Ok(Loaded { config, store, api_addr, tls, oidc, shutdown_grace, fsync_each_batch })
+    Ok(Loaded { config, store, api_addr, tls, oidc, postgres_addr, postgres, shutdown_grace, fsync_each_batch })
 }
 
 fn oidc_settings(

@@ -9,6 +9,7 @@ mod app;
 mod cli;
 mod config;
 mod metrics;
+mod pipeline;
 mod serve;
 mod tls;
 

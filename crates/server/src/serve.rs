@@ -168,6 +168,7 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         policy,
         audit,
         chain: RwLock::new(None),
+        live: Default::default(),
     });
     bootstrap(&app).await?;
 
@@ -244,13 +245,52 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         })
     });
 
+    if let Some(addr) = loaded.postgres_addr {
+        let tls = match (&loaded.config.tls.cert, &loaded.config.tls.key) {
+            (c, k) if !c.is_empty() && !k.is_empty() => crate::tls::server_config(Path::new(c), Path::new(k), &[]),
+            _ => crate::tls::generated(&data_dir).map(|(config, _)| config),
+        }
+        .map_err(|e| anyhow::anyhow!("TLS for the PostgreSQL listener: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (listen.postgres)"))?;
+        tracing::info!(addr = %listener.local_addr()?, "PostgreSQL listening");
+        let limits = &loaded.postgres;
+        let config = Arc::new(gatehouse_proto_postgres::ListenerConfig {
+            tls: Some(tls),
+            auth_timeout: limits.auth_timeout,
+            idle_timeout: limits.idle_timeout,
+            max_message: limits.max_message,
+            max_backend_message: 1 << 30,
+            connect_timeout: limits.connect_timeout,
+        });
+        let pipeline = Arc::new(crate::pipeline::DataPath::new(app.clone()));
+        let statements = Arc::new(gatehouse_proto_postgres::SqlStatements::new(4096));
+        tokio::spawn(gatehouse_proto_postgres::serve(listener, config, pipeline, statements, stop_rx.clone()));
+    }
+
     let signal = shutdown_signal().await;
     tracing::info!(%signal, grace = ?grace, "draining: listeners closed, open requests may finish");
     let _ = stop_tx.send(true);
+    let deadline = tokio::time::Instant::now() + grace;
     if let Some(server) = server
-        && tokio::time::timeout(grace, server).await.is_err()
+        && tokio::time::timeout_at(deadline, server).await.is_err()
     {
-        tracing::warn!("grace period over; cutting the remaining connections");
+        tracing::warn!("grace period over; cutting the remaining API connections");
+    }
+    while !app.live.ids().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let open = app.live.ids();
+    if !open.is_empty() {
+        tracing::warn!(sessions = open.len(), "grace period over; ending the remaining sessions");
+        for id in &open {
+            app.live.kill(id, "the gateway is shutting down");
+        }
+        let cut = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !app.live.ids().is_empty() && tokio::time::Instant::now() < cut {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
     if let Err(e) = app.record_server_event("server.stop", json!({"signal": signal})).await {
         tracing::error!(error = %e, "could not record the shutdown");

@@ -59,6 +59,8 @@ impl Gateway {
             .arg(self.data_dir())
             .env("GATEHOUSE_LISTEN_API", format!("127.0.0.1:{port}"))
             .env("GATEHOUSE_AUDIT_FSYNC", "off")
+            // Protocol listeners stay off unless a test asks for one (on a port it picked).
+            .env("GATEHOUSE_LISTEN_POSTGRES", "")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -203,6 +203,7 @@ pub async fn rotate(
             ttl.or_else(|| current.expires_at.map(|e| e - current.token_rotated_at.unwrap_or(current.created_at)));
         let expires_at = lifetime.map(|l| now.saturating_add(l.max(1)));
         app.store.rotate_identity_token(&name, &issued.hash, now, expires_at).await?;
+        app.live.end_identity(&name, "the identity's token was rotated");
         Ok(())
     })
     .await?;
@@ -224,6 +225,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     app.managed(&caller, Area::Identities, "identity.delete", &name, json!({}), || async {
         app.store.delete_identity(&name).await?;
+        app.live.end_identity(&name, "the identity was removed");
         Ok(())
     })
     .await?;

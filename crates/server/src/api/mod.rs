@@ -234,6 +234,7 @@ pub fn router(app: AppState) -> Router {
         .routes(routes!(policies::check))
         .routes(routes!(sessions::list))
         .routes(routes!(sessions::show))
+        .routes(routes!(sessions::kill))
         .routes(routes!(audit::verify))
         .split_for_parts();
     let openapi = Arc::new(openapi);

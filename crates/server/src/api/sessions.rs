@@ -110,3 +110,25 @@ pub async fn show(
         .collect();
     Ok(Json(SessionDetail { session: SessionView::of(&session), events }))
 }
+
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/kill", tag = "sessions",
+    params(("id" = String, Path, description = "session id")),
+    responses((status = 204, description = "the session was told to end"), (status = 404, body = ErrorBody), (status = 409, description = "the session has already ended", body = ErrorBody)))]
+pub async fn kill(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let by = caller.entity_ref();
+    app.managed(&caller, Area::Sessions, "session.kill", &id, serde_json::json!({}), || async {
+        if app.live.kill(&id, &format!("terminated by {by}")) {
+            return Ok(());
+        }
+        match app.store.get_session(&id).await? {
+            Some(_) => Err(ApiError::Conflict(format!("session {id:?} has already ended"))),
+            None => Err(ApiError::NotFound(format!("session {id:?} not found"))),
+        }
+    })
+    .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}

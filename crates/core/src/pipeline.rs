@@ -1,0 +1,153 @@
+//! The contract between protocol adapters and the enforcement pipeline: one method per phase
+//! (open, authorize each request, finish it, close), so policy, recording and metrics are
+//! written once for every protocol. Adapters know nothing of policy or storage; the pipeline
+//! knows nothing of wire formats.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use crate::{Decision, Identity, Resource};
+
+/// A caller asking to open a session on a connection.
+#[derive(Clone)]
+pub struct OpenRequest {
+    /// `postgres`, `mysql`, …
+    pub protocol: &'static str,
+    /// The connection the caller named (for PostgreSQL, the `database`).
+    pub connection: String,
+    pub client_addr: Option<SocketAddr>,
+    /// The user name the caller claimed, if the protocol carries one; it must name the identity
+    /// the credential belongs to.
+    pub claimed_user: Option<String>,
+    /// The caller's credential: a service token or an OIDC JWT. Never logged.
+    pub secret: String,
+    /// Whether the caller's transport is encrypted.
+    pub tls: bool,
+}
+
+impl fmt::Debug for OpenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenRequest")
+            .field("protocol", &self.protocol)
+            .field("connection", &self.connection)
+            .field("client_addr", &self.client_addr)
+            .field("claimed_user", &self.claimed_user)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to reach the resource for this session: the connection's address and the credential
+/// chosen for the caller's groups.
+#[derive(Clone)]
+pub struct UpstreamTarget {
+    pub host: String,
+    pub port: u16,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    /// The resource credential, unsealed for this login only. Never logged.
+    pub password: Option<String>,
+    /// `disable`, `require` or `verify-full`.
+    pub tls_mode: String,
+    pub ca_file: Option<String>,
+    /// What to stamp into the upstream session so the resource's own logs name the caller.
+    pub stamp: String,
+}
+
+impl fmt::Debug for UpstreamTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("tls_mode", &self.tls_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A session the pipeline accepted.
+#[derive(Debug, Clone)]
+pub struct OpenedSession {
+    pub id: String,
+    pub identity: Identity,
+    pub connection: String,
+    pub upstream: UpstreamTarget,
+}
+
+/// Why a session was not opened. Adapters map each to their protocol's refusal.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpenError {
+    /// Wrong, expired or mismatched credentials (PostgreSQL 28P01).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// No such connection (PostgreSQL 3D000).
+    #[error("{0}")]
+    UnknownConnection(String),
+    /// Policy refused `connect` (PostgreSQL 42501).
+    #[error("{message}")]
+    Forbidden { message: String, policies: Vec<String> },
+    /// The gateway cannot decide or record now: fail closed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// One request as the adapter understood it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The exact request text (a SQL statement, a command line, …), as recorded.
+    pub text: String,
+    /// Constants removed, for grouping and search.
+    pub fingerprint: Option<String>,
+    /// What it does to what. Empty for requests covered by `connect` alone (transaction
+    /// control, `SHOW`, …): recorded, needing no further permit.
+    pub accesses: Vec<(String, Resource)>,
+    /// Why the adapter classified it as it did, when that matters to the caller (e.g. "calls
+    /// non-allow-listed function dblink").
+    pub note: Option<String>,
+    /// Attributes for policy context (statement, tables, has_where, …).
+    pub context: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The decision on a request, and its place in the recording.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub seq: i64,
+    pub decision: Decision,
+}
+
+/// What happened to a request that ran.
+#[derive(Debug, Clone, Default)]
+pub struct RequestResult {
+    pub duration_ms: f64,
+    pub rows: Option<u64>,
+    /// The resource's completion tag (`SELECT 3`, `DELETE 1`, …).
+    pub command: Option<String>,
+    /// The resource's error (`SQLSTATE: message`).
+    pub error: Option<String>,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
+/// The enforcement pipeline as adapters see it.
+pub trait Pipeline: Send + Sync + 'static {
+    /// Authenticates the caller, finds the connection, checks `connect`, picks the credential
+    /// and records the session's start. Every refusal is recorded too.
+    fn open(&self, req: OpenRequest) -> impl Future<Output = Result<OpenedSession, OpenError>> + Send;
+
+    /// Decides a request and records it before it may be forwarded (write-ahead). An `Err`
+    /// means it could not be recorded or decided: the adapter must refuse it.
+    fn authorize(&self, session: &OpenedSession, req: &Request)
+    -> impl Future<Output = Result<Verdict, String>> + Send;
+
+    /// Records how a forwarded request ended.
+    fn finish(&self, session: &OpenedSession, seq: i64, result: RequestResult) -> impl Future<Output = ()> + Send;
+
+    /// Records the session's end.
+    fn close(&self, session: &OpenedSession, reason: &str) -> impl Future<Output = ()> + Send;
+
+    /// Resolves when the session must end now (killed, identity removed or rotated, credential
+    /// expired), with the reason to tell the caller.
+    fn ended(&self, session: &OpenedSession) -> impl Future<Output = String> + Send;
+}

@@ -1,0 +1,914 @@
+//! The PostgreSQL adapter: accepts callers, authenticates them through the pipeline, logs in
+//! upstream with the connection's credential, and relays the simple query protocol — every
+//! statement decided and recorded before it is forwarded, denied batches never forwarded.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse_core::pipeline::{OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult};
+use gatehouse_core::{Decision, Outcome};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::messages::{self, Severity};
+use crate::{
+    BackendFrame, CancelToken, FrontendMessage, Startup, TlsMode, TransactionStatus, Upstream, UpstreamConfig,
+    UpstreamError, WireError, read_backend, read_message, read_startup,
+};
+
+/// Startup parameters passed on to the resource; everything else (`options`, `search_path`,
+/// `replication`, …) is dropped, since it could change privileges or name resolution.
+const PASSED_PARAMS: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+    "statement_timeout",
+    "lock_timeout",
+];
+
+/// How the listener behaves.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// TLS offered on `SSLRequest`; `None` answers `N`.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// A caller must finish startup and authentication within this.
+    pub auth_timeout: Duration,
+    /// A session with no request for this long is ended (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// The largest message accepted from a caller.
+    pub max_message: usize,
+    /// The largest message accepted from the resource.
+    pub max_backend_message: usize,
+    /// Deadline for logging in upstream.
+    pub connect_timeout: Duration,
+}
+
+/// What the adapter needs to turn statement text into requests: the SQL classifier, behind a
+/// trait so this crate stays free of policy and of the parser's build.
+pub trait Statements: Send + Sync + 'static {
+    /// Splits a simple-query string into requests, one per statement, for `connection`, with
+    /// unqualified tables resolved against `search_path` (the session's schemas, in order).
+    fn requests(&self, sql: &str, connection: &str, search_path: &[String]) -> Vec<StatementRequest>;
+}
+
+/// One statement of a batch, ready for the pipeline.
+#[derive(Debug, Clone)]
+pub struct StatementRequest {
+    pub request: Request,
+    /// Refused by the adapter itself whatever policy says, with this message (e.g. an attempt to
+    /// change `application_name`, which carries the caller's identity).
+    pub refuse: Option<String>,
+    /// Running it resets `application_name` (`RESET ALL`, `DISCARD ALL`): the adapter puts the
+    /// caller's identity stamp back afterwards.
+    pub restamp: bool,
+}
+
+type CancelMap = Arc<Mutex<HashMap<(i32, i32), CancelToken>>>;
+
+/// Accepts callers until `shutdown` turns true, then stops accepting; open sessions go on
+/// until they end or the process exits.
+pub async fn serve<P: Pipeline, S: Statements>(
+    listener: TcpListener,
+    config: Arc<ListenerConfig>,
+    pipeline: Arc<P>,
+    statements: Arc<S>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let cancels: CancelMap = Arc::default();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (config, pipeline, statements, cancels) =
+            (config.clone(), pipeline.clone(), statements.clone(), cancels.clone());
+        tokio::spawn(async move {
+            Session::run(stream, peer, config, pipeline, statements, cancels).await;
+        });
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+fn fatal(code: &str, message: &str) -> Bytes {
+    messages::error_response(Severity::Fatal, code, message, None, None)
+}
+
+async fn send_and_close(mut stream: impl AsyncWrite + Unpin, frame: Bytes) {
+    let _ = stream.write_all(&frame).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+struct Session;
+
+/// The statements of the batch in flight, with what the resource said about each so far.
+struct InFlight {
+    seqs: Vec<i64>,
+    done: usize,
+    started: Instant,
+    rows: u64,
+    bytes: u64,
+    error: Option<String>,
+}
+
+enum Step {
+    Client(Result<FrontendMessage, WireError>),
+    Upstream(Result<BackendFrame, WireError>),
+    Ended(String),
+    Idle,
+}
+
+impl Session {
+    async fn run<P: Pipeline, S: Statements>(
+        tcp: TcpStream,
+        peer: SocketAddr,
+        config: Arc<ListenerConfig>,
+        pipeline: Arc<P>,
+        statements: Arc<S>,
+        cancels: CancelMap,
+    ) {
+        // Startup and authentication together must finish within the deadline.
+        let deadline = tokio::time::Instant::now() + config.auth_timeout;
+        let startup = tokio::time::timeout_at(deadline, Self::startup(tcp, peer, &config, &cancels)).await;
+        let (mut client, params, tls) = match startup {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::debug!(%peer, "authentication deadline passed");
+                return;
+            }
+        };
+        let opened =
+            tokio::time::timeout_at(deadline, Self::authenticate(&mut client, peer, tls, &params, pipeline.as_ref()))
+                .await;
+        let session = match opened {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(_) => {
+                send_and_close(&mut client, fatal("08006", "canceling authentication due to timeout")).await;
+                return;
+            }
+        };
+        let reason = Self::proxy(client, &params, &session, &config, pipeline.clone(), statements, &cancels).await;
+        pipeline.close(&session, &reason).await;
+    }
+
+    /// SSL/GSS negotiation, cancel requests, and the startup packet.
+    async fn startup(
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        config: &ListenerConfig,
+        cancels: &CancelMap,
+    ) -> Option<(Box<dyn Io>, Vec<(String, String)>, bool)> {
+        let mut stream: Option<Box<dyn Io>> = None;
+        loop {
+            let got = match stream.as_mut() {
+                Some(s) => read_startup(s, crate::MAX_STARTUP_LEN).await,
+                None => read_startup(&mut tcp, crate::MAX_STARTUP_LEN).await,
+            };
+            match got {
+                Ok(Startup::Ssl) if stream.is_none() => match &config.tls {
+                    Some(tls) => {
+                        tcp.write_all(&[messages::SSL_ACCEPT]).await.ok()?;
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                        match acceptor.accept(tcp).await {
+                            Ok(s) => {
+                                stream = Some(Box::new(s));
+                                // `tcp` moved into the TLS stream: from here on use `stream`.
+                                return Self::startup_tls(stream?, peer, cancels).await;
+                            }
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return None;
+                            }
+                        }
+                    }
+                    None => tcp.write_all(&[messages::SSL_REFUSE]).await.ok()?,
+                },
+                Ok(Startup::GssEnc) if stream.is_none() => tcp.write_all(&[messages::SSL_REFUSE]).await.ok()?,
+                Ok(Startup::Cancel { pid, key }) => {
+                    forward_cancel(cancels, pid, key).await;
+                    return None;
+                }
+                Ok(Startup::Startup { params, .. }) => return Some((Box::new(tcp), params, false)),
+                Ok(_) => {
+                    send_and_close(&mut tcp, fatal("08P01", "unexpected negotiation request")).await;
+                    return None;
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "bad startup packet");
+                    send_and_close(&mut tcp, fatal("08P01", &format!("invalid startup packet: {e}"))).await;
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn startup_tls(
+        mut stream: Box<dyn Io>,
+        peer: SocketAddr,
+        cancels: &CancelMap,
+    ) -> Option<(Box<dyn Io>, Vec<(String, String)>, bool)> {
+        match read_startup(&mut stream, crate::MAX_STARTUP_LEN).await {
+            Ok(Startup::Startup { params, .. }) => Some((stream, params, true)),
+            Ok(Startup::Cancel { pid, key }) => {
+                forward_cancel(cancels, pid, key).await;
+                None
+            }
+            Ok(_) => {
+                send_and_close(&mut stream, fatal("08P01", "unexpected negotiation request inside TLS")).await;
+                None
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "bad startup packet");
+                send_and_close(&mut stream, fatal("08P01", &format!("invalid startup packet: {e}"))).await;
+                None
+            }
+        }
+    }
+
+    /// Asks for the password (only over TLS or on loopback) and opens the session.
+    async fn authenticate<P: Pipeline>(
+        client: &mut Box<dyn Io>,
+        peer: SocketAddr,
+        tls: bool,
+        params: &[(String, String)],
+        pipeline: &P,
+    ) -> Option<OpenedSession> {
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        if param("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
+            send_and_close(client, fatal("0A000", "replication connections are not supported through the gateway"))
+                .await;
+            return None;
+        }
+        let Some(user) = param("user") else {
+            send_and_close(client, fatal("28000", "no user name given")).await;
+            return None;
+        };
+        let database = param("database").unwrap_or_else(|| user.clone());
+        // Statements are classified as UTF-8 text: an encoding whose bytes the lexer would read
+        // differently (SJIS, BIG5, … hide quotes and backslashes in multibyte characters) is refused.
+        if let Some(enc) = param("client_encoding") {
+            let norm = enc.to_ascii_uppercase().replace(['-', '_'], "");
+            if !matches!(norm.as_str(), "UTF8" | "UNICODE" | "SQLASCII") {
+                let msg = format!("client_encoding \"{enc}\" is not supported through the gateway; use UTF8");
+                send_and_close(client, fatal("0A000", &msg)).await;
+                return None;
+            }
+        }
+        if !tls && !peer.ip().is_loopback() {
+            send_and_close(
+                client,
+                fatal(
+                    "28000",
+                    "the gateway accepts passwords only over TLS: connect with sslmode=require or verify-full",
+                ),
+            )
+            .await;
+            return None;
+        }
+        if client.write_all(&messages::authentication_cleartext_password()).await.is_err()
+            || client.flush().await.is_err()
+        {
+            return None;
+        }
+        let password = match read_message(client, 64 * 1024).await {
+            Ok(m) if m.tag() == b'p' => match m.password() {
+                Ok(p) => p.to_string(),
+                Err(_) => {
+                    send_and_close(client, fatal("08P01", "malformed password message")).await;
+                    return None;
+                }
+            },
+            Ok(_) => {
+                send_and_close(client, fatal("08P01", "expected a password message")).await;
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let request = OpenRequest {
+            protocol: "postgres",
+            connection: database,
+            client_addr: Some(peer),
+            claimed_user: Some(user),
+            secret: password,
+            tls,
+        };
+        match pipeline.open(request).await {
+            Ok(session) => Some(session),
+            Err(e) => {
+                let code = match &e {
+                    OpenError::Unauthenticated(_) => "28P01",
+                    OpenError::UnknownConnection(_) => "3D000",
+                    OpenError::Forbidden { .. } => "42501",
+                    OpenError::Unavailable(_) => "08004",
+                };
+                send_and_close(client, fatal(code, &e.to_string())).await;
+                None
+            }
+        }
+    }
+
+    /// Logs in upstream, then relays until one side ends; returns why the session ended.
+    async fn proxy<P: Pipeline, S: Statements>(
+        client: Box<dyn Io>,
+        params: &[(String, String)],
+        session: &OpenedSession,
+        config: &ListenerConfig,
+        pipeline: Arc<P>,
+        statements: Arc<S>,
+        cancels: &CancelMap,
+    ) -> String {
+        let (client_read, client_write) = tokio::io::split(client);
+        let mut client_write = BufWriter::new(client_write);
+        let target = &session.upstream;
+        let client_app = params.iter().find(|(k, _)| k == "application_name").map(|(_, v)| v.as_str()).unwrap_or("");
+        let mut app_name =
+            if client_app.is_empty() { target.stamp.clone() } else { format!("{} {client_app}", target.stamp) };
+        app_name.truncate(63);
+        let mut upstream_params: Vec<(String, String)> =
+            params.iter().filter(|(k, _)| PASSED_PARAMS.contains(&k.as_str())).cloned().collect();
+        let app_name_stamp = app_name.clone();
+        upstream_params.push(("application_name".into(), app_name));
+        let cfg = UpstreamConfig {
+            host: target.host.clone(),
+            port: target.port,
+            user: target.user.clone().unwrap_or_default(),
+            password: target.password.clone(),
+            database: target.database.clone().unwrap_or_else(|| session.connection.clone()),
+            tls: target.tls_mode.parse().unwrap_or(TlsMode::VerifyFull),
+            ca_file: target.ca_file.clone().map(Into::into),
+            params: upstream_params,
+            connect_timeout: config.connect_timeout,
+        };
+        let mut upstream = match crate::connect(&cfg).await {
+            Ok(u) => u,
+            Err(e) => {
+                let (code, message) = upstream_refusal(&e);
+                send_and_close(client_write, fatal(code, &message)).await;
+                return format!("upstream login failed: {e}");
+            }
+        };
+        let search_path = match search_path(&mut upstream, config.max_backend_message).await {
+            Ok(p) => p,
+            Err(e) => {
+                send_and_close(client_write, fatal("08006", &format!("the resource did not answer: {e}"))).await;
+                return format!("upstream failed: {e}");
+            }
+        };
+        // The caller's own cancel key, mapped to the resource's.
+        let (pid, key) = random_key();
+        if let Some(token) = upstream.cancel_token() {
+            cancels.lock().unwrap_or_else(|p| p.into_inner()).insert((pid, key), token);
+        }
+        let mut hello = Vec::new();
+        hello.extend_from_slice(&messages::authentication_ok());
+        for (name, value) in upstream.parameters() {
+            hello.extend_from_slice(&messages::parameter_status(name, value));
+        }
+        hello.extend_from_slice(&messages::backend_key_data(pid, key));
+        hello.extend_from_slice(&messages::ready_for_query(TransactionStatus::Idle));
+        if client_write.write_all(&hello).await.is_err() || client_write.flush().await.is_err() {
+            forget_cancel(cancels, pid, key);
+            return "the caller left".into();
+        }
+        let reason = Relay {
+            session,
+            pipeline,
+            statements,
+            search_path,
+            client_write,
+            status: TransactionStatus::Idle,
+            in_flight: None,
+            queued: VecDeque::new(),
+            discard_reply: None,
+            app_name: app_name_stamp,
+            restamp_after: false,
+            swallowing: false,
+            extended_error: false,
+            copy_in: false,
+        }
+        .run(client_read, upstream, config)
+        .await;
+        forget_cancel(cancels, pid, key);
+        reason
+    }
+}
+
+fn upstream_refusal(e: &UpstreamError) -> (&'static str, String) {
+    match e {
+        UpstreamError::Server { code, message, .. } => {
+            // The resource refused the gateway's own credential: the caller cannot fix that.
+            let _ = code;
+            ("08004", format!("the gateway could not log in to the resource: {message}"))
+        }
+        UpstreamError::Timeout { .. } | UpstreamError::Io { .. } => {
+            ("08001", format!("the resource is unreachable: {e}"))
+        }
+        _ => ("08004", format!("the gateway could not log in to the resource: {e}")),
+    }
+}
+
+fn random_key() -> (i32, i32) {
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    let pid = i32::from_be_bytes([bytes[0] & 0x3f, bytes[1], bytes[2], bytes[3]]).max(1);
+    let key = i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    (pid, key)
+}
+
+fn forget_cancel(cancels: &CancelMap, pid: i32, key: i32) {
+    cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&(pid, key));
+}
+
+async fn forward_cancel(cancels: &CancelMap, pid: i32, key: i32) {
+    let token = cancels.lock().unwrap_or_else(|p| p.into_inner()).get(&(pid, key)).cloned();
+    match token {
+        Some(token) => {
+            if let Err(e) = token.cancel().await {
+                tracing::warn!(error = %e, "forwarding a cancel request failed");
+            }
+        }
+        None => tracing::debug!("cancel request for an unknown session ignored"),
+    }
+}
+
+/// The session's schemas in search order, for resolving unqualified names.
+async fn search_path(upstream: &mut Upstream, max: usize) -> Result<Vec<String>, String> {
+    let stream = upstream.stream();
+    let query = frontend_query("SELECT pg_catalog.array_to_string(pg_catalog.current_schemas(false), ',')");
+    stream.write_all(&query).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    loop {
+        let frame = read_backend(stream, max).await.map_err(|e| e.to_string())?;
+        match frame.tag() {
+            b'D' => {
+                let body = frame.body();
+                // Int16 column count, Int32 length, value.
+                if body.len() >= 6 {
+                    let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+                    if len > 0 {
+                        let end = 6 + usize::try_from(len).unwrap_or(0);
+                        let text = String::from_utf8_lossy(body.get(6..end).unwrap_or_default()).to_string();
+                        out = text.split(',').filter(|s| !s.is_empty()).map(String::from).collect();
+                    }
+                }
+            }
+            b'E' => return Err(frame.error_fields().map(|f| f.message).unwrap_or_default()),
+            b'Z' => return Ok(out),
+            _ => {}
+        }
+    }
+}
+
+fn frontend_query(sql: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sql.len() + 6);
+    out.push(b'Q');
+    out.extend_from_slice(&(i32::try_from(sql.len() + 5).unwrap_or(i32::MAX)).to_be_bytes());
+    out.extend_from_slice(sql.as_bytes());
+    out.push(0);
+    out
+}
+
+/// The relay loop's state.
+struct Relay<'a, P: Pipeline, S: Statements, W: AsyncWrite + Unpin> {
+    session: &'a OpenedSession,
+    pipeline: Arc<P>,
+    statements: Arc<S>,
+    search_path: Vec<String>,
+    client_write: BufWriter<W>,
+    status: TransactionStatus,
+    in_flight: Option<InFlight>,
+    /// Caller messages that arrived while a batch was in flight.
+    queued: VecDeque<FrontendMessage>,
+    /// A statement the gateway sent to fail the upstream transaction: its reply is replaced by
+    /// this refusal instead of being relayed.
+    discard_reply: Option<Bytes>,
+    /// The `application_name` the resource must keep seeing.
+    app_name: String,
+    /// The batch in flight resets `application_name`: put the stamp back once it is done.
+    restamp_after: bool,
+    /// The reply to the gateway's own re-stamping statement is not relayed.
+    swallowing: bool,
+    /// An extended-protocol message was refused: discard until `Sync`.
+    extended_error: bool,
+    /// The resource asked for `COPY FROM STDIN` data.
+    copy_in: bool,
+}
+
+impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W> {
+    async fn run<R: AsyncRead + Unpin + Send + 'static>(
+        mut self,
+        client_read: R,
+        upstream: Upstream,
+        config: &ListenerConfig,
+    ) -> String {
+        let (up_read, mut up_write) = tokio::io::split(upstream.into_stream());
+        let (client_tx, mut client_rx) = mpsc::channel(16);
+        let max = config.max_message;
+        let client_task = tokio::spawn(async move {
+            let mut reader = BufReader::new(client_read);
+            loop {
+                let m = read_message(&mut reader, max).await;
+                let stop = m.is_err();
+                if client_tx.send(m).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let (up_tx, mut up_rx) = mpsc::channel(64);
+        let max_backend = config.max_backend_message;
+        let up_task = tokio::spawn(async move {
+            let mut reader = BufReader::with_capacity(64 * 1024, up_read);
+            loop {
+                let f = read_backend(&mut reader, max_backend).await;
+                let stop = f.is_err();
+                if up_tx.send(f).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let pipeline = self.pipeline.clone();
+        let session = self.session;
+        let ended = pipeline.ended(session);
+        tokio::pin!(ended);
+        let reason = loop {
+            let idle = async {
+                match config.idle_timeout {
+                    Some(t) if self.in_flight.is_none() => tokio::time::sleep(t).await,
+                    _ => std::future::pending::<()>().await,
+                }
+            };
+            let step = tokio::select! {
+                m = client_rx.recv() => Step::Client(m.unwrap_or(Err(WireError::Closed))),
+                f = up_rx.recv() => Step::Upstream(f.unwrap_or(Err(WireError::Closed))),
+                reason = &mut ended => Step::Ended(reason),
+                _ = idle => Step::Idle,
+            };
+            let from_upstream = matches!(step, Step::Upstream(Ok(_)));
+            let outcome = match step {
+                Step::Client(Ok(m)) => self.on_client(m, &mut up_write).await,
+                Step::Client(Err(WireError::Closed)) => Err("the caller closed the connection".to_string()),
+                Step::Client(Err(e @ WireError::BadLength { .. })) => {
+                    self.fatal("54000", &format!("message too large: {e}")).await;
+                    Err(format!("refused an oversized message: {e}"))
+                }
+                Step::Client(Err(e)) => {
+                    self.fatal("08P01", &format!("protocol violation: {e}")).await;
+                    Err(format!("protocol violation: {e}"))
+                }
+                Step::Upstream(Ok(f)) => self.on_upstream(f, &mut up_write).await,
+                Step::Upstream(Err(e)) => {
+                    self.fatal("08006", "the connection to the resource was lost").await;
+                    Err(format!("the resource connection was lost: {e}"))
+                }
+                Step::Ended(reason) => {
+                    self.fatal("57P01", &format!("terminating connection: {reason}")).await;
+                    Err(reason)
+                }
+                Step::Idle => {
+                    self.fatal("57P05", "terminating connection due to idle timeout").await;
+                    Err("idle timeout".to_string())
+                }
+            };
+            if let Err(reason) = outcome {
+                break reason;
+            }
+            // Nothing more waiting from the resource: what was relayed goes out now.
+            if from_upstream && up_rx.is_empty() && self.flush().await.is_err() {
+                break "the caller left".to_string();
+            }
+        };
+        client_task.abort();
+        up_task.abort();
+        let _ = up_write.write_all(&[b'X', 0, 0, 0, 4]).await;
+        let _ = up_write.shutdown().await;
+        self.finish_in_flight(Some("the session ended before the statement completed".into()));
+        reason
+    }
+
+    async fn fatal(&mut self, code: &str, message: &str) {
+        let _ = self.client_write.write_all(&fatal(code, message)).await;
+        let _ = self.client_write.flush().await;
+        let _ = self.client_write.shutdown().await;
+    }
+
+    async fn send_client(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.client_write.write_all(bytes).await.map_err(|_| "the caller left".to_string())
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        self.client_write.flush().await.map_err(|_| "the caller left".to_string())
+    }
+
+    async fn on_client<U: AsyncWrite + Unpin>(&mut self, m: FrontendMessage, up: &mut U) -> Result<(), String> {
+        if self.copy_in && matches!(m.tag(), b'd' | b'c' | b'f') {
+            if m.tag() != b'd' {
+                self.copy_in = false;
+            }
+            return up.write_all(m.raw()).await.map_err(|e| format!("the resource connection was lost: {e}"));
+        }
+        if self.in_flight.is_some() || self.discard_reply.is_some() || self.swallowing {
+            self.queued.push_back(m);
+            return Ok(());
+        }
+        self.handle(m, up).await
+    }
+
+    async fn handle<U: AsyncWrite + Unpin>(&mut self, m: FrontendMessage, up: &mut U) -> Result<(), String> {
+        match m.tag() {
+            b'Q' => self.query(m, up).await,
+            b'X' => Err("the caller ended the session".into()),
+            b'S' => {
+                // Sync after refused extended-protocol messages: report readiness.
+                self.extended_error = false;
+                self.send_client(&messages::ready_for_query(self.status)).await?;
+                self.flush().await
+            }
+            b'H' => self.flush().await,
+            b'P' | b'B' | b'E' | b'D' | b'C' => {
+                if !self.extended_error {
+                    self.extended_error = true;
+                    let e = messages::error_response(
+                        Severity::Error,
+                        "0A000",
+                        "the extended query protocol is not supported by the gateway yet; use the simple query protocol",
+                        None,
+                        Some(
+                            "psql works as is; drivers may offer a simple-protocol mode (e.g. prefer_simple_protocol)",
+                        ),
+                    );
+                    self.send_client(&e).await?;
+                }
+                Ok(())
+            }
+            b'F' => {
+                let e = messages::error_response(
+                    Severity::Error,
+                    "42501",
+                    "FunctionCall messages are refused: they run a function by its number, which policy cannot judge",
+                    None,
+                    None,
+                );
+                self.send_client(&e).await?;
+                self.send_client(&messages::ready_for_query(self.status)).await?;
+                self.flush().await
+            }
+            other => {
+                self.fatal("08P01", &format!("unexpected message type {:?}", other as char)).await;
+                Err(format!("protocol violation: message type {:?}", other as char))
+            }
+        }
+    }
+
+    async fn query<U: AsyncWrite + Unpin>(&mut self, m: FrontendMessage, up: &mut U) -> Result<(), String> {
+        let text = match m.query_text() {
+            Ok(t) => t.to_string(),
+            Err(e) => {
+                self.fatal("08P01", &format!("malformed query message: {e}")).await;
+                return Err(format!("malformed query: {e}"));
+            }
+        };
+        let batch = self.statements.requests(&text, &self.session.connection, &self.search_path);
+        if batch.is_empty() {
+            // An empty query string: the resource answers EmptyQueryResponse.
+            self.in_flight =
+                Some(InFlight { seqs: vec![], done: 0, started: Instant::now(), rows: 0, bytes: 0, error: None });
+            return up.write_all(m.raw()).await.map_err(|e| format!("the resource connection was lost: {e}"));
+        }
+        let mut verdicts = Vec::with_capacity(batch.len());
+        let mut refusal: Option<(usize, Decision, Option<String>)> = None;
+        for (i, stmt) in batch.iter().enumerate() {
+            match self.pipeline.authorize(self.session, &stmt.request).await {
+                Ok(v) => {
+                    let denied = v.decision.outcome != Outcome::Allow || stmt.refuse.is_some();
+                    if denied && refusal.is_none() {
+                        refusal = Some((i, v.decision.clone(), stmt.refuse.clone()));
+                    }
+                    verdicts.push(v);
+                }
+                Err(e) => {
+                    // Not recorded, so not forwarded.
+                    let msg = messages::error_response(
+                        Severity::Error,
+                        "58000",
+                        &format!("the gateway cannot record this statement, so it was not run: {e}"),
+                        None,
+                        None,
+                    );
+                    for v in &verdicts {
+                        self.finish(v.seq, Some("not run: the batch could not be recorded".into()), 0, None);
+                    }
+                    return self.refuse(msg, up).await;
+                }
+            }
+        }
+        if let Some((i, decision, adapter_reason)) = refusal {
+            let n = batch.len();
+            let stmt = &batch[i].request;
+            let mut message = match &adapter_reason {
+                Some(r) => format!("permission denied: {r}"),
+                None => match decision.outcome {
+                    Outcome::Review => format!(
+                        "permission denied: this statement needs approval ({}); approvals are not available through this gateway yet",
+                        decision.explain()
+                    ),
+                    _ => format!("permission denied: {}", decision.explain()),
+                },
+            };
+            if let Some(note) = &stmt.note {
+                message.push_str(&format!(" ({note})"));
+            }
+            let detail = if n > 1 {
+                Some(format!(
+                    "statement {} of {n} was refused, so none of them ran: {}",
+                    i + 1,
+                    truncate(&stmt.text, 200)
+                ))
+            } else {
+                None
+            };
+            for (j, v) in verdicts.iter().enumerate() {
+                let why = if j == i { "refused" } else { "not run: another statement of the batch was refused" };
+                self.finish(v.seq, Some(why.into()), 0, None);
+            }
+            let err = messages::error_response(Severity::Error, "42501", &message, detail.as_deref(), None);
+            return self.refuse(err, up).await;
+        }
+        self.restamp_after = batch.iter().any(|s| s.restamp);
+        self.in_flight = Some(InFlight {
+            seqs: verdicts.iter().map(|v| v.seq).collect(),
+            done: 0,
+            started: Instant::now(),
+            rows: 0,
+            bytes: 0,
+            error: None,
+        });
+        up.write_all(m.raw()).await.map_err(|e| format!("the resource connection was lost: {e}"))?;
+        up.flush().await.map_err(|e| format!("the resource connection was lost: {e}"))
+    }
+
+    /// Answers a refused batch. Inside a transaction the resource's transaction is failed too,
+    /// so a later COMMIT commits nothing.
+    async fn refuse<U: AsyncWrite + Unpin>(&mut self, error: Bytes, up: &mut U) -> Result<(), String> {
+        if self.status == TransactionStatus::InTransaction {
+            self.discard_reply = Some(error);
+            let fail = frontend_query(
+                "SELECT pg_catalog.int4('gatehouse: a statement of this transaction was refused by policy')",
+            );
+            up.write_all(&fail).await.map_err(|e| format!("the resource connection was lost: {e}"))?;
+            return up.flush().await.map_err(|e| format!("the resource connection was lost: {e}"));
+        }
+        self.send_client(&error).await?;
+        self.send_client(&messages::ready_for_query(self.status)).await?;
+        self.flush().await
+    }
+
+    fn finish(&self, seq: i64, error: Option<String>, rows: u64, command: Option<String>) {
+        let pipeline = self.pipeline.clone();
+        let session = self.session.clone();
+        let result = RequestResult { error, rows: Some(rows), command, ..Default::default() };
+        tokio::spawn(async move { pipeline.finish(&session, seq, result).await });
+    }
+
+    fn finish_in_flight(&mut self, error: Option<String>) {
+        if let Some(f) = self.in_flight.take() {
+            for &seq in &f.seqs[f.done.min(f.seqs.len())..] {
+                let pipeline = self.pipeline.clone();
+                let session = self.session.clone();
+                let result = RequestResult { error: error.clone().or(Some("not run".into())), ..Default::default() };
+                tokio::spawn(async move { pipeline.finish(&session, seq, result).await });
+            }
+        }
+    }
+
+    /// One statement of the batch in flight completed (or failed).
+    fn statement_done(&mut self, command: Option<String>, error: Option<String>) {
+        let Some(f) = self.in_flight.as_mut() else { return };
+        if let Some(&seq) = f.seqs.get(f.done) {
+            let rows = command
+                .as_deref()
+                .and_then(|c| c.rsplit(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(f.rows);
+            let result = RequestResult {
+                duration_ms: f.started.elapsed().as_secs_f64() * 1000.0,
+                rows: Some(rows),
+                command,
+                error: error.clone(),
+                bytes_out: f.bytes,
+                bytes_in: 0,
+            };
+            let pipeline = self.pipeline.clone();
+            let session = self.session.clone();
+            tokio::spawn(async move { pipeline.finish(&session, seq, result).await });
+        }
+        f.done += 1;
+        f.rows = 0;
+        f.bytes = 0;
+        f.started = Instant::now();
+        if error.is_some() {
+            f.error = error;
+        }
+    }
+
+    async fn on_upstream<U: AsyncWrite + Unpin>(&mut self, frame: BackendFrame, up: &mut U) -> Result<(), String> {
+        if self.swallowing {
+            if frame.tag() == b'Z' {
+                self.swallowing = false;
+                return self.drain_queue(up).await;
+            }
+            return Ok(());
+        }
+        if let Some(refusal) = &self.discard_reply {
+            // The reply to the gateway's own failing statement: replaced by the refusal.
+            if frame.tag() == b'Z' {
+                self.status = frame.ready_status().unwrap_or(TransactionStatus::Failed);
+                let refusal = refusal.clone();
+                self.discard_reply = None;
+                self.send_client(&refusal).await?;
+                self.send_client(&messages::ready_for_query(self.status)).await?;
+                self.flush().await?;
+                return self.drain_queue(up).await;
+            }
+            return Ok(());
+        }
+        match frame.tag() {
+            b'D' => {
+                if let Some(f) = self.in_flight.as_mut() {
+                    f.rows += 1;
+                    f.bytes += frame.raw().len() as u64;
+                }
+            }
+            b'C' => {
+                let tag = frame.command_tag().ok().map(String::from);
+                self.statement_done(tag, None);
+            }
+            b'I' => self.statement_done(None, None),
+            b'E' if self.in_flight.is_some() => {
+                let e = frame.error_fields().map(|f| format!("{}: {}", f.code, f.message)).unwrap_or_default();
+                self.statement_done(None, Some(e));
+            }
+            b'G' => self.copy_in = true,
+            _ => {}
+        }
+        self.send_client(frame.raw()).await?;
+        if frame.tag() == b'Z' {
+            self.status = frame.ready_status().unwrap_or(TransactionStatus::Idle);
+            self.finish_in_flight(Some("not run: an earlier statement of the batch failed".into()));
+            self.flush().await?;
+            if std::mem::take(&mut self.restamp_after) {
+                let set = format!("SET application_name TO '{}'", self.app_name.replace('\'', "''"));
+                self.swallowing = true;
+                up.write_all(&frontend_query(&set))
+                    .await
+                    .map_err(|e| format!("the resource connection was lost: {e}"))?;
+                return up.flush().await.map_err(|e| format!("the resource connection was lost: {e}"));
+            }
+            return self.drain_queue(up).await;
+        }
+        // Large results stream: flush as frames arrive so the caller never waits on a buffer.
+        if self.client_write.buffer().len() >= 32 * 1024 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn drain_queue<U: AsyncWrite + Unpin>(&mut self, up: &mut U) -> Result<(), String> {
+        while self.in_flight.is_none() && self.discard_reply.is_none() && !self.swallowing {
+            let Some(m) = self.queued.pop_front() else { break };
+            Box::pin(self.handle(m, up)).await?;
+        }
+        Ok(())
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}

@@ -1,0 +1,410 @@
+//! The enforcement pipeline every protocol adapter calls: authentication, `connect`, credential
+//! choice, per-request decisions, write-ahead recording, metrics, and the registry of live
+//! sessions that `sessions kill` and identity changes reach.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use gatehouse_audit::{Entry, new_session_id, now_ms};
+use gatehouse_auth::AuthError;
+use gatehouse_core::pipeline::{
+    OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult, UpstreamTarget, Verdict,
+};
+use gatehouse_core::{AuthzRequest, ConnectionInfo, Decision, Identity, IdentityKind, Outcome, Resource};
+use gatehouse_store::{ConnectionRecord, SessionChange, SessionRecord};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::app::App;
+
+/// A live session's handle: what ends it, and whose it is.
+#[derive(Debug)]
+struct Live {
+    identity: String,
+    end: watch::Sender<Option<String>>,
+}
+
+/// Sessions open right now, by id.
+#[derive(Debug, Default)]
+pub struct LiveSessions {
+    inner: Mutex<HashMap<String, Live>>,
+}
+
+impl LiveSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends one session with `reason`; false if it is not live.
+    pub fn kill(&self, id: &str, reason: &str) -> bool {
+        match self.lock().get(id) {
+            Some(live) => {
+                let _ = live.end.send(Some(reason.to_string()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends every session of an identity (removed, or its token rotated).
+    pub fn end_identity(&self, identity: &str, reason: &str) -> usize {
+        let sessions = self.lock();
+        let mut n = 0;
+        for live in sessions.values().filter(|l| l.identity == identity) {
+            let _ = live.end.send(Some(reason.to_string()));
+            n += 1;
+        }
+        n
+    }
+
+    /// The ids of every live session.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+}
+
+/// The pipeline over the server's state.
+#[derive(Debug, Clone)]
+pub struct DataPath {
+    app: Arc<App>,
+}
+
+impl DataPath {
+    pub fn new(app: Arc<App>) -> Self {
+        DataPath { app }
+    }
+
+    /// Records a refused session attempt: start and end in one batch.
+    async fn refuse(&self, req: &OpenRequest, identity: Option<&Identity>, error: OpenError) -> OpenError {
+        let id = new_session_id();
+        let now = now_ms();
+        let (name, kind) = match identity {
+            Some(i) => (i.name.clone(), i.kind),
+            None => (req.claimed_user.clone().unwrap_or_else(|| "-".into()), IdentityKind::Service),
+        };
+        let reason = format!("refused: {error}");
+        let (code, policies) = match &error {
+            OpenError::Unauthenticated(_) => ("unauthenticated", vec![]),
+            OpenError::UnknownConnection(_) => ("unknown_connection", vec![]),
+            OpenError::Forbidden { policies, .. } => ("forbidden", policies.clone()),
+            OpenError::Unavailable(_) => ("unavailable", vec![]),
+        };
+        let entries = vec![
+            Entry {
+                session_id: Some(id.clone()),
+                kind: "session.start".into(),
+                payload: json!({"identity": name, "authenticated": identity.is_some(), "protocol": req.protocol,
+                    "connection": req.connection, "client_addr": req.client_addr.map(|a| a.to_string()), "tls": req.tls}),
+                session_change: Some(SessionChange::Open(SessionRecord {
+                    id: id.clone(),
+                    identity: name,
+                    identity_kind: kind,
+                    connection: Some(req.connection.clone()),
+                    protocol: req.protocol.into(),
+                    client_addr: req.client_addr.map(|a| a.to_string()),
+                    started_at: now,
+                    ended_at: None,
+                    end_reason: None,
+                    requests: 0,
+                    denied: 0,
+                })),
+            },
+            Entry {
+                session_id: Some(id.clone()),
+                kind: "request".into(),
+                payload: json!({"action": "connect", "request": format!("connect {}", req.connection),
+                    "decision": "deny", "refusal": code, "message": error.to_string(), "policies": policies}),
+                session_change: Some(SessionChange::Request { id: id.clone(), denied: true }),
+            },
+            Entry {
+                session_id: Some(id.clone()),
+                kind: "session.end".into(),
+                payload: json!({"reason": reason}),
+                session_change: Some(SessionChange::Close { id, ended_at: now, reason: reason.clone() }),
+            },
+        ];
+        self.app.metrics.request(req.protocol, "deny");
+        if let Err(e) = self.app.audit.record(entries).await {
+            tracing::error!(error = %e, "a refused session could not be recorded");
+            return OpenError::Unavailable(format!("the audit trail is unavailable: {e}"));
+        }
+        error
+    }
+
+    fn credential(
+        &self,
+        conn: &ConnectionRecord,
+        identity: &Identity,
+    ) -> Result<(Option<String>, Option<String>), OpenError> {
+        let chosen = conn.credentials.iter().find(|c| c.groups.iter().any(|g| identity.groups.contains(g)));
+        let (user, sealed, aad) = match chosen {
+            Some(c) => (
+                c.user.clone().or_else(|| conn.user.clone()),
+                c.secret.clone(),
+                format!("connection/{}/credential/{}", conn.name, c.name),
+            ),
+            None => (conn.user.clone(), conn.secret.clone(), format!("connection/{}/default", conn.name)),
+        };
+        let password = match sealed {
+            Some(s) => Some(
+                self.app
+                    .keys
+                    .open(&s.sealed, &aad)
+                    .map_err(|e| OpenError::Unavailable(format!("the connection's credential cannot be opened: {e}")))?
+                    .expose()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok((user, password))
+    }
+}
+
+fn base_context(session: &OpenedSession, protocol: &str) -> serde_json::Map<String, serde_json::Value> {
+    let mut ctx = serde_json::Map::new();
+    ctx.insert("protocol".into(), json!(protocol));
+    ctx.insert("time".into(), json!(now_ms() / 1000));
+    let _ = session;
+    ctx
+}
+
+impl Pipeline for DataPath {
+    async fn open(&self, req: OpenRequest) -> Result<OpenedSession, OpenError> {
+        let identity = match self.app.auth.authenticate(&req.secret, now_ms()).await {
+            Ok(identity) => identity,
+            Err(AuthError::Unavailable(e)) => return Err(self.refuse(&req, None, OpenError::Unavailable(e)).await),
+            Err(e) => {
+                let who = req.claimed_user.clone().unwrap_or_default();
+                let err = OpenError::Unauthenticated(format!("authentication failed for user \"{who}\": {e}"));
+                return Err(self.refuse(&req, None, err).await);
+            }
+        };
+        if let Some(claimed) = &req.claimed_user
+            && claimed != &identity.name
+        {
+            let err = OpenError::Unauthenticated(format!(
+                "user \"{claimed}\" does not match the identity of the password ({})",
+                identity.entity_ref()
+            ));
+            return Err(self.refuse(&req, Some(&identity), err).await);
+        }
+        let conn = match self.app.store.get_connection(&req.connection).await {
+            Ok(Some(c)) if c.kind == req.protocol => c,
+            Ok(Some(c)) => {
+                let err = OpenError::UnknownConnection(format!(
+                    "connection \"{}\" is a {} connection, not {}",
+                    req.connection, c.kind, req.protocol
+                ));
+                return Err(self.refuse(&req, Some(&identity), err).await);
+            }
+            Ok(None) => {
+                let err = OpenError::UnknownConnection(format!("connection \"{}\" does not exist", req.connection));
+                return Err(self.refuse(&req, Some(&identity), err).await);
+            }
+            Err(e) => return Err(self.refuse(&req, Some(&identity), OpenError::Unavailable(e.to_string())).await),
+        };
+        let mut context = serde_json::Map::new();
+        context.insert("protocol".into(), json!(req.protocol));
+        context.insert("time".into(), json!(now_ms() / 1000));
+        if let Some(addr) = req.client_addr {
+            context.insert("client_ip".into(), json!(addr.ip().to_string()));
+        }
+        let authz = AuthzRequest {
+            principal: identity.clone(),
+            action: "connect".into(),
+            resources: vec![Resource::Connection { connection: conn.name.clone() }],
+            context,
+        };
+        let info = ConnectionInfo { name: conn.name.clone(), kind: conn.kind.clone(), tags: conn.tags.clone() };
+        let decision = self.app.policy.decide(&authz, &[info]).unwrap_or_else(|e| Decision {
+            outcome: Outcome::Deny,
+            policies: vec![],
+            approvers: vec![],
+            errors: vec![e.to_string()],
+        });
+        if decision.outcome != Outcome::Allow {
+            let err = OpenError::Forbidden {
+                message: format!("permission denied to connect to \"{}\": {}", conn.name, decision.explain()),
+                policies: decision.policies.clone(),
+            };
+            return Err(self.refuse(&req, Some(&identity), err).await);
+        }
+        let (user, password) = match self.credential(&conn, &identity) {
+            Ok(c) => c,
+            Err(e) => return Err(self.refuse(&req, Some(&identity), e).await),
+        };
+        let (host, port) = match (conn.host.clone(), conn.port) {
+            (Some(h), Some(p)) => (h, p),
+            _ => {
+                return Err(self
+                    .refuse(&req, Some(&identity), OpenError::Unavailable("connection has no address".into()))
+                    .await);
+            }
+        };
+        let id = new_session_id();
+        let now = now_ms();
+        let entries = vec![
+            Entry {
+                session_id: Some(id.clone()),
+                kind: "session.start".into(),
+                payload: json!({"identity": identity.name, "identity_kind": identity.kind, "groups": identity.groups,
+                    "protocol": req.protocol, "connection": conn.name, "client_addr": req.client_addr.map(|a| a.to_string()),
+                    "tls": req.tls, "upstream_user": user}),
+                session_change: Some(SessionChange::Open(SessionRecord {
+                    id: id.clone(),
+                    identity: identity.name.clone(),
+                    identity_kind: identity.kind,
+                    connection: Some(conn.name.clone()),
+                    protocol: req.protocol.into(),
+                    client_addr: req.client_addr.map(|a| a.to_string()),
+                    started_at: now,
+                    ended_at: None,
+                    end_reason: None,
+                    requests: 0,
+                    denied: 0,
+                })),
+            },
+            Entry {
+                session_id: Some(id.clone()),
+                kind: "request".into(),
+                payload: json!({"action": "connect", "request": format!("connect {}", conn.name), "decision": "allow",
+                    "policies": decision.policies}),
+                session_change: Some(SessionChange::Request { id: id.clone(), denied: false }),
+            },
+        ];
+        self.app
+            .audit
+            .record(entries)
+            .await
+            .map_err(|e| OpenError::Unavailable(format!("the audit trail is unavailable: {e}")))?;
+        self.app.metrics.session(req.protocol);
+        self.app.metrics.request(req.protocol, "allow");
+        let (end, _) = watch::channel(None);
+        self.app.live.lock_insert(id.clone(), Live { identity: identity.name.clone(), end });
+        let stamp = format!("gatehouse:{}", identity.entity_ref().replace('"', ""));
+        Ok(OpenedSession {
+            id,
+            connection: conn.name.clone(),
+            identity,
+            upstream: UpstreamTarget {
+                host,
+                port,
+                database: conn.database.clone(),
+                user,
+                password,
+                tls_mode: conn.tls_mode.clone(),
+                ca_file: conn.ca_file.clone(),
+                stamp,
+            },
+        })
+    }
+
+    async fn authorize(&self, session: &OpenedSession, req: &Request) -> Result<Verdict, String> {
+        let mut context = base_context(session, "sql");
+        context.extend(req.context.clone());
+        let connections = match self.app.store.get_connection(&session.connection).await {
+            Ok(Some(c)) => vec![ConnectionInfo { name: c.name, kind: c.kind, tags: c.tags }],
+            Ok(None) => vec![],
+            Err(e) => return Err(format!("cannot decide: {e}")),
+        };
+        let decision = if req.accesses.is_empty() {
+            Decision::allow(vec![])
+        } else {
+            Decision::strictest(req.accesses.iter().map(|(action, resource)| {
+                let authz = AuthzRequest {
+                    principal: session.identity.clone(),
+                    action: action.clone(),
+                    resources: vec![resource.clone()],
+                    context: context.clone(),
+                };
+                self.app.policy.decide(&authz, &connections).unwrap_or_else(|e| Decision {
+                    outcome: Outcome::Deny,
+                    policies: vec![],
+                    approvers: vec![],
+                    errors: vec![e.to_string()],
+                })
+            }))
+        };
+        let accesses: Vec<String> = req.accesses.iter().map(|(a, r)| format!("{a} {}", r.entity_ref())).collect();
+        let denied = decision.outcome != Outcome::Allow;
+        let entry = Entry {
+            session_id: Some(session.id.clone()),
+            kind: "request".into(),
+            payload: json!({"action": req.accesses.first().map(|(a, _)| a.clone()).unwrap_or_else(|| "connect".into()),
+                "request": req.text, "fingerprint": req.fingerprint, "accesses": accesses, "note": req.note,
+                "decision": decision.outcome.as_str(), "policies": decision.policies, "approvers": decision.approvers,
+                "errors": decision.errors}),
+            session_change: Some(SessionChange::Request { id: session.id.clone(), denied }),
+        };
+        let seq = self.app.audit.record_one(entry).await.map_err(|e| format!("the audit trail is unavailable: {e}"))?;
+        self.app.metrics.request("postgres", decision.outcome.as_str());
+        Ok(Verdict { seq, decision })
+    }
+
+    async fn finish(&self, session: &OpenedSession, seq: i64, result: RequestResult) {
+        let entry = Entry {
+            session_id: Some(session.id.clone()),
+            kind: "request.result".into(),
+            payload: json!({"request_seq": seq, "status": if result.error.is_some() { "error" } else { "ok" },
+                "duration_ms": result.duration_ms, "rows": result.rows, "command": result.command, "error": result.error,
+                "bytes_out": result.bytes_out, "bytes_in": result.bytes_in}),
+            session_change: None,
+        };
+        if let Err(e) = self.app.audit.record_one(entry).await {
+            tracing::error!(session = %session.id, error = %e, "a request result could not be recorded");
+        }
+    }
+
+    async fn close(&self, session: &OpenedSession, reason: &str) {
+        self.app.live.remove(&session.id);
+        let entry = Entry {
+            session_id: Some(session.id.clone()),
+            kind: "session.end".into(),
+            payload: json!({"reason": reason}),
+            session_change: Some(SessionChange::Close {
+                id: session.id.clone(),
+                ended_at: now_ms(),
+                reason: reason.into(),
+            }),
+        };
+        if let Err(e) = self.app.audit.record_one(entry).await {
+            tracing::error!(session = %session.id, error = %e, "a session end could not be recorded");
+        }
+    }
+
+    async fn ended(&self, session: &OpenedSession) -> String {
+        let rx = self.app.live.lock().get(&session.id).map(|l| l.end.subscribe());
+        let Some(mut rx) = rx else { return "the session is not registered".into() };
+        let expiry = session.identity.expires_at.map(|e| {
+            let wait = u64::try_from(e - now_ms()).unwrap_or(0);
+            std::time::Duration::from_millis(wait)
+        });
+        let killed = async {
+            loop {
+                if let Some(reason) = rx.borrow().clone() {
+                    return reason;
+                }
+                if rx.changed().await.is_err() {
+                    return "the gateway is shutting down".to_string();
+                }
+            }
+        };
+        match expiry {
+            Some(wait) => tokio::select! {
+                reason = killed => reason,
+                _ = tokio::time::sleep(wait) => "the caller's credential expired".to_string(),
+            },
+            None => killed.await,
+        }
+    }
+}
+
+impl LiveSessions {
+    fn lock_insert(&self, id: String, live: Live) {
+        self.lock().insert(id, live);
+    }
+
+    fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+}
