@@ -274,12 +274,22 @@ fn tokio_postgres_sessions_follow_policy_kill_and_rotation() {
         // Rotation ends the identity's sessions.
         let c2 = client(&f.url(&f.token)).await;
         assert_eq!(rows(&c2.simple_query("SELECT 1").await).len(), 1);
-        f.gw.cli_ok(&["identities", "rotate", "app"]).unwrap();
+        let new_token = f.gw.cli_ok(&["identities", "rotate", "app"]).unwrap().trim().to_string();
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(c2.simple_query("SELECT 1").await.is_err(), "the rotated token's session ended");
+
+        // Removal ends the identity's sessions too.
+        let c3 = client(&f.url(&new_token)).await;
+        assert_eq!(rows(&c3.simple_query("SELECT 1").await).len(), 1);
+        f.gw.cli_ok(&["identities", "rm", "app"]).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(c3.simple_query("SELECT 1").await.is_err(), "the removed identity's session ended");
     });
     let list: serde_json::Value =
         serde_json::from_str(&f.gw.cli_ok(&["sessions", "list", "--identity", "app", "--json"]).unwrap()).unwrap();
+    let reasons: Vec<&str> = list.as_array().unwrap().iter().filter_map(|s| s["end_reason"].as_str()).collect();
+    assert!(reasons.contains(&"the identity's token was rotated"), "{reasons:?}");
+    assert!(reasons.contains(&"the identity was removed"), "{reasons:?}");
     let first = list.as_array().unwrap().last().unwrap();
     assert_eq!(first["protocol"], "postgres");
     assert_eq!(first["end_reason"].as_str().unwrap(), format!("terminated by Service::\"admin\""));
@@ -401,13 +411,34 @@ fn bad_input_closes_only_its_own_connection() {
 #[test]
 fn losing_the_upstream_gives_that_caller_a_clean_error() {
     let f = Fixture::new();
+    // A second resource, whose session must not notice the first one dying.
+    let other = Postgres::start().unwrap();
+    let out =
+        f.gw.client()
+            .env("GATEHOUSE_TOKEN", f.gw.admin_token())
+            .env("PGPW", other.superuser_password())
+            .args(["connections", "add", "other", "--type", "postgres", "--host", "127.0.0.1", "--port"])
+            .arg(other.port().to_string())
+            .args(["--database", "postgres", "--user", other.superuser(), "--password-env", "PGPW", "--tls", "disable"])
+            .output()
+            .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    f.policies(&format!(
+        "{POLICIES}\n@id(\"apps-other\")\npermit (principal in Group::\"apps\", action in [Action::\"connect\", Action::\"sql.select\"], resource in Connection::\"other\");"
+    ));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = client(&f.url(&f.token)).await;
+        let bystander = client(&f.url(&f.token).replace("dbname=pg", "dbname=other")).await;
         assert_eq!(rows(&c.simple_query("SELECT 1").await).len(), 1);
         f.pg.kill_postmaster().unwrap();
         let e = c.simple_query("SELECT 1").await.unwrap_err();
         assert!(!e.to_string().is_empty());
+        assert_eq!(
+            rows(&bystander.simple_query("SELECT 7").await),
+            vec![vec![Some("7".to_string())]],
+            "other sessions go on"
+        );
         f.pg.restart().unwrap();
         let c2 = client(&f.url(&f.token)).await;
         assert_eq!(rows(&c2.simple_query("SELECT 1").await).len(), 1, "new sessions work once the resource is back");
