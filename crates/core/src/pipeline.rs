@@ -71,6 +71,9 @@ impl fmt::Debug for UpstreamTarget {
 #[derive(Debug, Clone)]
 pub struct OpenedSession {
     pub id: String,
+    /// The protocol the session speaks (`postgres`, …), as in [`OpenRequest::protocol`].
+    pub protocol: &'static str,
+    pub client_addr: Option<SocketAddr>,
     pub identity: Identity,
     pub connection: String,
     pub upstream: UpstreamTarget,

@@ -160,14 +160,6 @@ impl DataPath {
     }
 }
 
-fn base_context(session: &OpenedSession, protocol: &str) -> serde_json::Map<String, serde_json::Value> {
-    let mut ctx = serde_json::Map::new();
-    ctx.insert("protocol".into(), json!(protocol));
-    ctx.insert("time".into(), json!(now_ms() / 1000));
-    let _ = session;
-    ctx
-}
-
 impl Pipeline for DataPath {
     async fn open(&self, req: OpenRequest) -> Result<OpenedSession, OpenError> {
         let identity = match self.app.auth.authenticate(&req.secret, now_ms()).await {
@@ -284,6 +276,8 @@ impl Pipeline for DataPath {
         let stamp = format!("gatehouse:{}", identity.entity_ref().replace('"', ""));
         Ok(OpenedSession {
             id,
+            protocol: req.protocol,
+            client_addr: req.client_addr,
             connection: conn.name.clone(),
             identity,
             upstream: UpstreamTarget {
@@ -300,7 +294,12 @@ impl Pipeline for DataPath {
     }
 
     async fn authorize(&self, session: &OpenedSession, req: &Request) -> Result<Verdict, String> {
-        let mut context = base_context(session, "sql");
+        let mut context = serde_json::Map::new();
+        context.insert("protocol".into(), json!(session.protocol));
+        context.insert("time".into(), json!(now_ms() / 1000));
+        if let Some(addr) = session.client_addr {
+            context.insert("client_ip".into(), json!(addr.ip().to_string()));
+        }
         context.extend(req.context.clone());
         let connections = match self.app.store.get_connection(&session.connection).await {
             Ok(Some(c)) => vec![ConnectionInfo { name: c.name, kind: c.kind, tags: c.tags }],
@@ -337,7 +336,7 @@ impl Pipeline for DataPath {
             session_change: Some(SessionChange::Request { id: session.id.clone(), denied }),
         };
         let seq = self.app.audit.record_one(entry).await.map_err(|e| format!("the audit trail is unavailable: {e}"))?;
-        self.app.metrics.request("postgres", decision.outcome.as_str());
+        self.app.metrics.request(session.protocol, decision.outcome.as_str());
         Ok(Verdict { seq, decision })
     }
 

@@ -25,6 +25,14 @@ permit (principal in Group::"apps", action in [Action::"sql.insert", Action::"sq
 @id("apps-scratch-ddl")
 permit (principal in Group::"apps", action == Action::"sql.ddl", resource == Table::"pg/public.scratch");
 
+@id("apps-delete-orders-locally")
+permit (principal in Group::"apps", action == Action::"sql.delete", resource == Table::"pg/public.orders")
+when { context has client_ip && context.client_ip.isLoopback() };
+
+@id("no-unbounded-deletes")
+forbid (principal, action == Action::"sql.delete", resource)
+when { context has has_where && !context.has_where };
+
 @id("no-secrets")
 forbid (principal, action, resource == Table::"pg/public.secrets");
 "#;
@@ -177,6 +185,14 @@ fn denied_statements_error_and_the_session_goes_on() {
     let out = f.app("BEGIN;\nINSERT INTO orders VALUES (4, 'desk');\nSELECT * FROM secrets;\nCOMMIT;");
     assert!(stderr(&out).contains("permission denied"), "{}", stderr(&out));
     assert_eq!(f.direct("SELECT count(*) FROM orders WHERE id = 4"), "0", "nothing of the transaction was committed");
+
+    // Context reaches policy: the WHERE clause and the caller's address.
+    let out = f.app("DELETE FROM orders;");
+    assert!(stderr(&out).contains("no-unbounded-deletes"), "{}", stderr(&out));
+    assert_eq!(f.direct("SELECT count(*) FROM orders"), "2");
+    let out = f.app("DELETE FROM orders WHERE id = 2;");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(f.direct("SELECT count(*) FROM orders"), "1");
 
     // Allowed writes go through.
     let out = f.app("INSERT INTO orders VALUES (5, 'shelf');");
