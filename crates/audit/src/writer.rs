@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use gatehouse_keys::Keys;
-use gatehouse_store::{AuditBatch, SessionChange, Store, StoredEvent};
+use gatehouse_store::{AuditBatch, SessionChange, SessionRecord, Store, StoredEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::{ChainHead, chain_mac, write_head};
@@ -33,6 +33,66 @@ pub struct Entry {
     pub payload: serde_json::Value,
     /// What this event does to the sessions table, committed in the same batch.
     pub session_change: Option<SessionChange>,
+}
+
+impl Entry {
+    /// A session's first event, opening its row in the sessions table.
+    pub fn session_start(record: SessionRecord, payload: serde_json::Value) -> Entry {
+        Entry {
+            session_id: Some(record.id.clone()),
+            kind: "session.start".into(),
+            payload,
+            session_change: Some(SessionChange::Open(record)),
+        }
+    }
+
+    /// A request of a session and its decision, counted in the session's row.
+    pub fn request(session_id: &str, payload: serde_json::Value, denied: bool) -> Entry {
+        Entry {
+            session_id: Some(session_id.to_string()),
+            kind: "request".into(),
+            payload,
+            session_change: Some(SessionChange::Request { id: session_id.to_string(), denied }),
+        }
+    }
+
+    /// A session's last event, closing its row with the reason.
+    pub fn session_end(session_id: &str, reason: &str) -> Entry {
+        Entry {
+            session_id: Some(session_id.to_string()),
+            kind: "session.end".into(),
+            payload: serde_json::json!({"reason": reason}),
+            session_change: Some(SessionChange::Close {
+                id: session_id.to_string(),
+                ended_at: crate::now_ms(),
+                reason: reason.to_string(),
+            }),
+        }
+    }
+}
+
+/// A new session's row: who, where, from where, since when; counters at zero.
+pub fn session_record(
+    id: &str,
+    identity: &str,
+    kind: gatehouse_core::IdentityKind,
+    connection: Option<&str>,
+    protocol: &str,
+    client_addr: Option<String>,
+) -> SessionRecord {
+    SessionRecord {
+        id: id.to_string(),
+        identity: identity.to_string(),
+        identity_kind: kind,
+        connection: connection.map(String::from),
+        protocol: protocol.to_string(),
+        client_addr,
+        started_at: crate::now_ms(),
+        ended_at: None,
+        end_reason: None,
+        requests: 0,
+        denied: 0,
+    }
 }
 
 struct Job {

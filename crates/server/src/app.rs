@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use gatehouse_audit::{AuditWriter, Entry, VerifyReport, new_session_id, now_ms};
+use gatehouse_audit::{AuditWriter, Entry, VerifyReport, new_session_id, session_record};
 use gatehouse_auth::Authenticator;
 use gatehouse_core::{AuthzRequest, ConnectionInfo, Decision, Identity, IdentityKind, Outcome, Resource};
 use gatehouse_keys::Keys;
 use gatehouse_policy::PolicyEngine;
-use gatehouse_store::{SessionChange, SessionRecord, Store};
+use gatehouse_store::Store;
 use serde_json::json;
 use tokio::sync::RwLock;
 
@@ -131,10 +131,9 @@ impl App {
             Err(ApiError::Forbidden { policies, .. }) => ("deny", policies.clone()),
             Err(_) => ("deny", vec![]),
         };
-        let request = Entry {
-            session_id: Some(session_id.clone()),
-            kind: "request".into(),
-            payload: json!({
+        let request = Entry::request(
+            &session_id,
+            json!({
                 "action": "api.write",
                 "resource": format!("Api::\"{}\"", area.as_str()),
                 "operation": operation,
@@ -144,10 +143,10 @@ impl App {
                 "policies": policies,
                 "builtin": caller.is_admin(),
             }),
-            session_change: Some(SessionChange::Request { id: session_id.clone(), denied: authorized.is_err() }),
-        };
+            authorized.is_err(),
+        );
         if let Err(e) = authorized {
-            let end = self.session_end(&session_id, "denied");
+            let end = Entry::session_end(&session_id, "denied");
             self.audit.record(vec![start, request, end]).await?;
             return Err(e);
         }
@@ -165,7 +164,7 @@ impl App {
             },
             session_change: None,
         };
-        let end = self.session_end(&session_id, "completed");
+        let end = Entry::session_end(&session_id, "completed");
         if let Err(e) = self.audit.record(vec![outcome, end]).await {
             tracing::error!(error = %e, %operation, "the result of a management change could not be recorded");
         }
@@ -173,42 +172,10 @@ impl App {
     }
 
     fn session_start(&self, session_id: &str, caller: &Identity) -> Entry {
-        Entry {
-            session_id: Some(session_id.to_string()),
-            kind: "session.start".into(),
-            payload: json!({
-                "identity": caller.name,
-                "identity_kind": caller.kind,
-                "groups": caller.groups,
-                "protocol": "api",
-            }),
-            session_change: Some(SessionChange::Open(SessionRecord {
-                id: session_id.to_string(),
-                identity: caller.name.clone(),
-                identity_kind: caller.kind,
-                connection: None,
-                protocol: "api".into(),
-                client_addr: None,
-                started_at: now_ms(),
-                ended_at: None,
-                end_reason: None,
-                requests: 0,
-                denied: 0,
-            })),
-        }
-    }
-
-    fn session_end(&self, session_id: &str, reason: &str) -> Entry {
-        Entry {
-            session_id: Some(session_id.to_string()),
-            kind: "session.end".into(),
-            payload: json!({"reason": reason}),
-            session_change: Some(SessionChange::Close {
-                id: session_id.to_string(),
-                ended_at: now_ms(),
-                reason: reason.into(),
-            }),
-        }
+        Entry::session_start(
+            session_record(session_id, &caller.name, caller.kind, None, "api", None),
+            json!({"identity": caller.name, "identity_kind": caller.kind, "groups": caller.groups, "protocol": "api"}),
+        )
     }
 
     /// Records a server-level event (start-up, bootstrap, shutdown) outside any session.

@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use gatehouse_audit::{Entry, new_session_id, now_ms};
+use gatehouse_audit::{Entry, new_session_id, now_ms, session_record};
 use gatehouse_auth::AuthError;
 use gatehouse_core::pipeline::{
     OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult, UpstreamTarget, Verdict,
 };
 use gatehouse_core::{AuthzRequest, ConnectionInfo, Decision, Identity, IdentityKind, Outcome, Resource};
-use gatehouse_store::{ConnectionRecord, SessionChange, SessionRecord};
+use gatehouse_store::ConnectionRecord;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -77,7 +77,6 @@ impl DataPath {
     /// Records a refused session attempt: start and end in one batch.
     async fn refuse(&self, req: &OpenRequest, identity: Option<&Identity>, error: OpenError) -> OpenError {
         let id = new_session_id();
-        let now = now_ms();
         let (name, kind) = match identity {
             Some(i) => (i.name.clone(), i.kind),
             None => (req.claimed_user.clone().unwrap_or_else(|| "-".into()), IdentityKind::Service),
@@ -89,39 +88,20 @@ impl DataPath {
             OpenError::Forbidden { policies, .. } => ("forbidden", policies.clone()),
             OpenError::Unavailable(_) => ("unavailable", vec![]),
         };
+        let client = req.client_addr.map(|a| a.to_string());
         let entries = vec![
-            Entry {
-                session_id: Some(id.clone()),
-                kind: "session.start".into(),
-                payload: json!({"identity": name, "authenticated": identity.is_some(), "protocol": req.protocol,
-                    "connection": req.connection, "client_addr": req.client_addr.map(|a| a.to_string()), "tls": req.tls}),
-                session_change: Some(SessionChange::Open(SessionRecord {
-                    id: id.clone(),
-                    identity: name,
-                    identity_kind: kind,
-                    connection: Some(req.connection.clone()),
-                    protocol: req.protocol.into(),
-                    client_addr: req.client_addr.map(|a| a.to_string()),
-                    started_at: now,
-                    ended_at: None,
-                    end_reason: None,
-                    requests: 0,
-                    denied: 0,
-                })),
-            },
-            Entry {
-                session_id: Some(id.clone()),
-                kind: "request".into(),
-                payload: json!({"action": "connect", "request": format!("connect {}", req.connection),
+            Entry::session_start(
+                session_record(&id, &name, kind, Some(&req.connection), req.protocol, client.clone()),
+                json!({"identity": name, "authenticated": identity.is_some(), "protocol": req.protocol,
+                    "connection": req.connection, "client_addr": client, "tls": req.tls}),
+            ),
+            Entry::request(
+                &id,
+                json!({"action": "connect", "request": format!("connect {}", req.connection),
                     "decision": "deny", "refusal": code, "message": error.to_string(), "policies": policies}),
-                session_change: Some(SessionChange::Request { id: id.clone(), denied: true }),
-            },
-            Entry {
-                session_id: Some(id.clone()),
-                kind: "session.end".into(),
-                payload: json!({"reason": reason}),
-                session_change: Some(SessionChange::Close { id, ended_at: now, reason: reason.clone() }),
-            },
+                true,
+            ),
+            Entry::session_end(&id, &reason),
         ];
         self.app.metrics.request(req.protocol, "deny");
         if let Err(e) = self.app.audit.record(entries).await {
@@ -234,35 +214,20 @@ impl Pipeline for DataPath {
             }
         };
         let id = new_session_id();
-        let now = now_ms();
+        let client = req.client_addr.map(|a| a.to_string());
         let entries = vec![
-            Entry {
-                session_id: Some(id.clone()),
-                kind: "session.start".into(),
-                payload: json!({"identity": identity.name, "identity_kind": identity.kind, "groups": identity.groups,
-                    "protocol": req.protocol, "connection": conn.name, "client_addr": req.client_addr.map(|a| a.to_string()),
+            Entry::session_start(
+                session_record(&id, &identity.name, identity.kind, Some(&conn.name), req.protocol, client.clone()),
+                json!({"identity": identity.name, "identity_kind": identity.kind, "groups": identity.groups,
+                    "protocol": req.protocol, "connection": conn.name, "client_addr": client,
                     "tls": req.tls, "upstream_user": user}),
-                session_change: Some(SessionChange::Open(SessionRecord {
-                    id: id.clone(),
-                    identity: identity.name.clone(),
-                    identity_kind: identity.kind,
-                    connection: Some(conn.name.clone()),
-                    protocol: req.protocol.into(),
-                    client_addr: req.client_addr.map(|a| a.to_string()),
-                    started_at: now,
-                    ended_at: None,
-                    end_reason: None,
-                    requests: 0,
-                    denied: 0,
-                })),
-            },
-            Entry {
-                session_id: Some(id.clone()),
-                kind: "request".into(),
-                payload: json!({"action": "connect", "request": format!("connect {}", conn.name), "decision": "allow",
+            ),
+            Entry::request(
+                &id,
+                json!({"action": "connect", "request": format!("connect {}", conn.name), "decision": "allow",
                     "policies": decision.policies}),
-                session_change: Some(SessionChange::Request { id: id.clone(), denied: false }),
-            },
+                false,
+            ),
         ];
         self.app
             .audit
@@ -326,15 +291,14 @@ impl Pipeline for DataPath {
         };
         let accesses: Vec<String> = req.accesses.iter().map(|(a, r)| format!("{a} {}", r.entity_ref())).collect();
         let denied = decision.outcome != Outcome::Allow;
-        let entry = Entry {
-            session_id: Some(session.id.clone()),
-            kind: "request".into(),
-            payload: json!({"action": req.accesses.first().map(|(a, _)| a.clone()).unwrap_or_else(|| "connect".into()),
+        let entry = Entry::request(
+            &session.id,
+            json!({"action": req.accesses.first().map(|(a, _)| a.clone()).unwrap_or_else(|| "connect".into()),
                 "request": req.text, "fingerprint": req.fingerprint, "accesses": accesses, "note": req.note,
                 "decision": decision.outcome.as_str(), "policies": decision.policies, "approvers": decision.approvers,
                 "errors": decision.errors}),
-            session_change: Some(SessionChange::Request { id: session.id.clone(), denied }),
-        };
+            denied,
+        );
         let seq = self.app.audit.record_one(entry).await.map_err(|e| format!("the audit trail is unavailable: {e}"))?;
         self.app.metrics.request(session.protocol, decision.outcome.as_str());
         Ok(Verdict { seq, decision })
@@ -356,16 +320,7 @@ impl Pipeline for DataPath {
 
     async fn close(&self, session: &OpenedSession, reason: &str) {
         self.app.live.remove(&session.id);
-        let entry = Entry {
-            session_id: Some(session.id.clone()),
-            kind: "session.end".into(),
-            payload: json!({"reason": reason}),
-            session_change: Some(SessionChange::Close {
-                id: session.id.clone(),
-                ended_at: now_ms(),
-                reason: reason.into(),
-            }),
-        };
+        let entry = Entry::session_end(&session.id, reason);
         if let Err(e) = self.app.audit.record_one(entry).await {
             tracing::error!(session = %session.id, error = %e, "a session end could not be recorded");
         }
