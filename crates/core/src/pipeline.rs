@@ -76,6 +76,8 @@ pub struct OpenedSession {
     pub client_addr: Option<SocketAddr>,
     pub identity: Identity,
     pub connection: String,
+    /// The connection as policy sees it (type and tags), as it was when the session opened.
+    pub connection_info: crate::ConnectionInfo,
     pub upstream: UpstreamTarget,
 }
 
@@ -111,6 +113,9 @@ pub struct Request {
     pub note: Option<String>,
     /// Attributes for policy context (statement, tables, has_where, …).
     pub context: serde_json::Map<String, serde_json::Value>,
+    /// Parameter values sent with the request (extended protocol), recorded with it but not
+    /// given to policy.
+    pub params: Vec<String>,
 }
 
 /// The decision on a request, and its place in the recording.
@@ -143,6 +148,10 @@ pub trait Pipeline: Send + Sync + 'static {
     /// means it could not be recorded or decided: the adapter must refuse it.
     fn authorize(&self, session: &OpenedSession, req: &Request)
     -> impl Future<Output = Result<Verdict, String>> + Send;
+
+    /// Decides a request without recording it: for a check ahead of the real one (a prepared
+    /// statement at `Parse`, decided and recorded again each time it runs).
+    fn check(&self, session: &OpenedSession, req: &Request) -> impl Future<Output = Decision> + Send;
 
     /// Records how a forwarded request ended.
     fn finish(&self, session: &OpenedSession, seq: i64, result: RequestResult) -> impl Future<Output = ()> + Send;

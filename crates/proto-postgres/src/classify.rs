@@ -89,6 +89,7 @@ impl Statements for SqlStatements {
                         accesses,
                         note: s.error.clone(),
                         context,
+                        params: Vec::new(),
                     },
                     refuse,
                     restamp,

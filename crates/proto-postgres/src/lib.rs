@@ -20,6 +20,7 @@
 
 mod backend;
 mod classify;
+mod extended;
 mod frontend;
 pub mod messages;
 mod session;

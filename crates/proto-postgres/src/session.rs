@@ -403,7 +403,7 @@ impl Session {
             app_name: app_name_stamp,
             restamp_after: false,
             swallowing: false,
-            extended_error: false,
+            ext: Default::default(),
             copy_in: false,
         }
         .run(client_read, upstream, config)
@@ -509,8 +509,8 @@ struct Relay<'a, P: Pipeline, S: Statements, W: AsyncWrite + Unpin> {
     restamp_after: bool,
     /// The reply to the gateway's own re-stamping statement is not relayed.
     swallowing: bool,
-    /// An extended-protocol message was refused: discard until `Sync`.
-    extended_error: bool,
+    /// Prepared statements, portals and owed answers of the extended query protocol.
+    ext: crate::extended::Extended,
     /// The resource asked for `COPY FROM STDIN` data.
     copy_in: bool,
 }
@@ -554,7 +554,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         let reason = loop {
             let idle = async {
                 match config.idle_timeout {
-                    Some(t) if self.in_flight.is_none() => tokio::time::sleep(t).await,
+                    Some(t) if self.in_flight.is_none() && self.ext.expects.is_empty() => tokio::time::sleep(t).await,
                     _ => std::future::pending::<()>().await,
                 }
             };
@@ -627,7 +627,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             }
             return up.write_all(m.raw()).await.map_err(|e| format!("the resource connection was lost: {e}"));
         }
-        if self.in_flight.is_some() || self.discard_reply.is_some() || self.swallowing {
+        if !self.can_handle(&m) {
             self.queued.push_back(m);
             return Ok(());
         }
@@ -638,29 +638,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         match m.tag() {
             b'Q' => self.query(m, up).await,
             b'X' => Err("the caller ended the session".into()),
-            b'S' => {
-                // Sync after refused extended-protocol messages: report readiness.
-                self.extended_error = false;
-                self.send_client(&messages::ready_for_query(self.status)).await?;
-                self.flush().await
-            }
-            b'H' => self.flush().await,
-            b'P' | b'B' | b'E' | b'D' | b'C' => {
-                if !self.extended_error {
-                    self.extended_error = true;
-                    let e = messages::error_response(
-                        Severity::Error,
-                        "0A000",
-                        "the extended query protocol is not supported by the gateway yet; use the simple query protocol",
-                        None,
-                        Some(
-                            "psql works as is; drivers may offer a simple-protocol mode (e.g. prefer_simple_protocol)",
-                        ),
-                    );
-                    self.send_client(&e).await?;
-                }
-                Ok(())
-            }
+            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' | b'S' => self.extended(m, up).await,
             b'F' => {
                 let e = messages::error_response(
                     Severity::Error,
@@ -678,6 +656,255 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 Err(format!("protocol violation: message type {:?}", other as char))
             }
         }
+    }
+
+    /// Whether a caller message can be handled now or must wait for an answer in flight.
+    fn can_handle(&self, m: &FrontendMessage) -> bool {
+        if self.discard_reply.is_some() || self.swallowing || self.in_flight.is_some() {
+            return false;
+        }
+        // A simple query waits until every extended-protocol answer has come back.
+        m.tag() != b'Q' || self.ext.expects.is_empty()
+    }
+
+    async fn forward<U: AsyncWrite + Unpin>(up: &mut U, bytes: &[u8]) -> Result<(), String> {
+        up.write_all(bytes).await.map_err(|e| format!("the resource connection was lost: {e}"))
+    }
+
+    /// The refusal a denied request gets, as an `ErrorResponse`.
+    fn refusal(decision: &Decision, adapter_reason: Option<&str>, note: Option<&str>) -> Bytes {
+        let mut message = match adapter_reason {
+            Some(r) => format!("permission denied: {r}"),
+            None => match decision.outcome {
+                Outcome::Review => format!(
+                    "permission denied: this statement needs approval ({}); approvals are not available through this gateway yet",
+                    decision.explain()
+                ),
+                _ => format!("permission denied: {}", decision.explain()),
+            },
+        };
+        if let Some(note) = note {
+            message.push_str(&format!(" ({note})"));
+        }
+        messages::error_response(Severity::Error, "42501", &message, None, None)
+    }
+
+    /// Refuses an extended-protocol message: the resource is made to fail at this point of the
+    /// pipeline (so earlier answers arrive first and an open transaction fails too), and the
+    /// caller's messages are dropped until its `Sync`, as the server itself does after an error.
+    async fn refuse_extended<U: AsyncWrite + Unpin>(&mut self, refusal: Bytes, up: &mut U) -> Result<(), String> {
+        self.ext.discarding = true;
+        self.ext.expects.push_back(crate::extended::Expect::Injected(refusal));
+        Self::forward(up, &crate::extended::failing_parse()).await
+    }
+
+    async fn extended<U: AsyncWrite + Unpin>(&mut self, m: FrontendMessage, up: &mut U) -> Result<(), String> {
+        use crate::extended::{Expect, Portal, bind_message, execute_message, parse_message, target_message};
+        if self.ext.discarding {
+            if m.tag() == b'S' {
+                self.ext.discarding = false;
+                self.ext.expects.push_back(Expect::Sync);
+                Self::forward(up, m.raw()).await?;
+                return up.flush().await.map_err(|e| format!("the resource connection was lost: {e}"));
+            }
+            return Ok(());
+        }
+        let malformed = |e: String| format!("malformed {:?} message: {e}", m.tag() as char);
+        match m.tag() {
+            b'P' => {
+                let (name, query) = match parse_message(m.body()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.fatal("08P01", &malformed(e.clone())).await;
+                        return Err(malformed(e));
+                    }
+                };
+                let requests = self.statements.requests(&query, &self.session.connection, &self.search_path);
+                // Refused at Parse when policy already says no; decided and recorded again at
+                // each Execute, so a policy change in between applies.
+                for r in &requests {
+                    let decision = self.pipeline.check(self.session, &r.request).await;
+                    if decision.outcome != Outcome::Allow || r.refuse.is_some() {
+                        let recorded = self.pipeline.authorize(self.session, &r.request).await;
+                        let refusal = match recorded {
+                            Ok(v) => {
+                                self.finish(v.seq, Some("refused at Parse".into()), 0, None);
+                                Self::refusal(&v.decision, r.refuse.as_deref(), r.request.note.as_deref())
+                            }
+                            Err(e) => messages::error_response(
+                                Severity::Error,
+                                "58000",
+                                &format!("the gateway cannot record this statement, so it was not run: {e}"),
+                                None,
+                                None,
+                            ),
+                        };
+                        return self.refuse_extended(refusal, up).await;
+                    }
+                }
+                self.ext.statements.insert(name, requests);
+                self.ext.expects.push_back(Expect::Parse);
+                Self::forward(up, m.raw()).await
+            }
+            b'B' => {
+                let (portal, statement, params) = bind_message(m.body()).map_err(malformed)?;
+                self.ext.portals.insert(portal, Portal { statement, params });
+                self.ext.expects.push_back(Expect::Bind);
+                Self::forward(up, m.raw()).await
+            }
+            b'E' => {
+                let portal = execute_message(m.body()).map_err(malformed)?;
+                let requests = self
+                    .ext
+                    .portals
+                    .get(&portal)
+                    .and_then(|p| self.ext.statements.get(&p.statement).map(|r| (r.clone(), p.params.clone())));
+                let Some((requests, params)) = requests else {
+                    // Unknown to the gateway: the resource answers with its own error.
+                    self.ext.expects.push_back(Expect::Execute {
+                        seq: None,
+                        started: Instant::now(),
+                        rows: 0,
+                        bytes: 0,
+                    });
+                    return Self::forward(up, m.raw()).await;
+                };
+                let mut seq = None;
+                for r in &requests {
+                    let mut request = r.request.clone();
+                    request.params = params.clone();
+                    match self.pipeline.authorize(self.session, &request).await {
+                        Ok(v) if v.decision.outcome == Outcome::Allow && r.refuse.is_none() => seq = Some(v.seq),
+                        Ok(v) => {
+                            self.finish(v.seq, Some("refused".into()), 0, None);
+                            let refusal = Self::refusal(&v.decision, r.refuse.as_deref(), r.request.note.as_deref());
+                            return self.refuse_extended(refusal, up).await;
+                        }
+                        Err(e) => {
+                            let refusal = messages::error_response(
+                                Severity::Error,
+                                "58000",
+                                &format!("the gateway cannot record this statement, so it was not run: {e}"),
+                                None,
+                                None,
+                            );
+                            return self.refuse_extended(refusal, up).await;
+                        }
+                    }
+                }
+                self.ext.expects.push_back(Expect::Execute { seq, started: Instant::now(), rows: 0, bytes: 0 });
+                Self::forward(up, m.raw()).await
+            }
+            b'D' => {
+                target_message(m.body()).map_err(malformed)?;
+                self.ext.expects.push_back(Expect::Describe);
+                Self::forward(up, m.raw()).await
+            }
+            b'C' => {
+                let (kind, name) = target_message(m.body()).map_err(malformed)?;
+                if kind == b'S' {
+                    self.ext.statements.remove(&name);
+                } else {
+                    self.ext.portals.remove(&name);
+                }
+                self.ext.expects.push_back(Expect::Close);
+                Self::forward(up, m.raw()).await
+            }
+            b'S' => {
+                self.ext.expects.push_back(Expect::Sync);
+                Self::forward(up, m.raw()).await?;
+                up.flush().await.map_err(|e| format!("the resource connection was lost: {e}"))
+            }
+            // Flush: the resource sends what it has.
+            _ => {
+                Self::forward(up, m.raw()).await?;
+                up.flush().await.map_err(|e| format!("the resource connection was lost: {e}"))
+            }
+        }
+    }
+
+    fn finish_execute(&self, expect: crate::extended::Expect, command: Option<String>, error: Option<String>) {
+        if let crate::extended::Expect::Execute { seq: Some(seq), started, rows, bytes } = expect {
+            let rows = command
+                .as_deref()
+                .and_then(|c| c.rsplit(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(rows);
+            let result = RequestResult {
+                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                rows: Some(rows),
+                command,
+                error,
+                bytes_out: bytes,
+                bytes_in: 0,
+            };
+            let pipeline = self.pipeline.clone();
+            let session = self.session.clone();
+            tokio::spawn(async move { pipeline.finish(&session, seq, result).await });
+        }
+    }
+
+    async fn on_upstream_extended<U: AsyncWrite + Unpin>(
+        &mut self,
+        frame: BackendFrame,
+        up: &mut U,
+    ) -> Result<(), String> {
+        use crate::extended::Expect;
+        match frame.tag() {
+            b'1' | b'2' | b'3' => {
+                self.ext.expects.pop_front();
+            }
+            b'T' | b'n' if matches!(self.ext.expects.front(), Some(Expect::Describe)) => {
+                self.ext.expects.pop_front();
+            }
+            b'D' => {
+                if let Some(Expect::Execute { rows, bytes, .. }) = self.ext.expects.front_mut() {
+                    *rows += 1;
+                    *bytes += frame.raw().len() as u64;
+                }
+            }
+            b'C' | b'I' | b's' => {
+                if let Some(e) = self.ext.expects.pop_front() {
+                    let tag = if frame.tag() == b'C' { frame.command_tag().ok().map(String::from) } else { None };
+                    self.finish_execute(e, tag, None);
+                }
+            }
+            b'G' => self.copy_in = true,
+            b'E' => {
+                let failed = self.ext.expects.pop_front();
+                // The server now skips everything up to the next Sync.
+                while let Some(next) = self.ext.expects.front() {
+                    if matches!(next, Expect::Sync) {
+                        break;
+                    }
+                    if let Some(skipped) = self.ext.expects.pop_front() {
+                        self.finish_execute(skipped, None, Some("not run: an earlier message failed".into()));
+                    }
+                }
+                match failed {
+                    Some(Expect::Injected(refusal)) => return self.send_client(&refusal).await,
+                    Some(other) => {
+                        let e = frame.error_fields().map(|f| format!("{}: {}", f.code, f.message)).unwrap_or_default();
+                        self.finish_execute(other, None, Some(e));
+                    }
+                    None => {}
+                }
+            }
+            b'Z' => {
+                while let Some(e) = self.ext.expects.pop_front() {
+                    if matches!(e, Expect::Sync) {
+                        break;
+                    }
+                    self.finish_execute(e, None, Some("not run".into()));
+                }
+                self.status = frame.ready_status().unwrap_or(TransactionStatus::Idle);
+                self.send_client(frame.raw()).await?;
+                self.flush().await?;
+                return self.drain_queue(up).await;
+            }
+            _ => {}
+        }
+        self.send_client(frame.raw()).await
     }
 
     async fn query<U: AsyncWrite + Unpin>(&mut self, m: FrontendMessage, up: &mut U) -> Result<(), String> {
@@ -852,6 +1079,9 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             }
             return Ok(());
         }
+        if !self.ext.expects.is_empty() {
+            return self.on_upstream_extended(frame, up).await;
+        }
         match frame.tag() {
             b'D' => {
                 if let Some(f) = self.in_flight.as_mut() {
@@ -894,7 +1124,10 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
     }
 
     async fn drain_queue<U: AsyncWrite + Unpin>(&mut self, up: &mut U) -> Result<(), String> {
-        while self.in_flight.is_none() && self.discard_reply.is_none() && !self.swallowing {
+        while let Some(m) = self.queued.front() {
+            if !self.can_handle(m) {
+                break;
+            }
             let Some(m) = self.queued.pop_front() else { break };
             Box::pin(self.handle(m, up)).await?;
         }

@@ -140,6 +140,39 @@ impl DataPath {
     }
 }
 
+impl DataPath {
+    /// Decides every access of a request; the strictest outcome wins.
+    async fn decide(&self, session: &OpenedSession, req: &Request) -> Result<Decision, String> {
+        let mut context = serde_json::Map::new();
+        context.insert("protocol".into(), json!(session.protocol));
+        context.insert("time".into(), json!(now_ms() / 1000));
+        if let Some(addr) = session.client_addr {
+            context.insert("client_ip".into(), json!(addr.ip().to_string()));
+        }
+        context.extend(req.context.clone());
+        let connections = std::slice::from_ref(&session.connection_info);
+        let decision = if req.accesses.is_empty() {
+            Decision::allow(vec![])
+        } else {
+            Decision::strictest(req.accesses.iter().map(|(action, resource)| {
+                let authz = AuthzRequest {
+                    principal: session.identity.clone(),
+                    action: action.clone(),
+                    resources: vec![resource.clone()],
+                    context: context.clone(),
+                };
+                self.app.policy.decide(&authz, connections).unwrap_or_else(|e| Decision {
+                    outcome: Outcome::Deny,
+                    policies: vec![],
+                    approvers: vec![],
+                    errors: vec![e.to_string()],
+                })
+            }))
+        };
+        Ok(decision)
+    }
+}
+
 impl Pipeline for DataPath {
     async fn open(&self, req: OpenRequest) -> Result<OpenedSession, OpenError> {
         let identity = match self.app.auth.authenticate(&req.secret, now_ms()).await {
@@ -188,7 +221,7 @@ impl Pipeline for DataPath {
             context,
         };
         let info = ConnectionInfo { name: conn.name.clone(), kind: conn.kind.clone(), tags: conn.tags.clone() };
-        let decision = self.app.policy.decide(&authz, &[info]).unwrap_or_else(|e| Decision {
+        let decision = self.app.policy.decide(&authz, std::slice::from_ref(&info)).unwrap_or_else(|e| Decision {
             outcome: Outcome::Deny,
             policies: vec![],
             approvers: vec![],
@@ -244,6 +277,7 @@ impl Pipeline for DataPath {
             protocol: req.protocol,
             client_addr: req.client_addr,
             connection: conn.name.clone(),
+            connection_info: info,
             identity,
             upstream: UpstreamTarget {
                 host,
@@ -259,42 +293,13 @@ impl Pipeline for DataPath {
     }
 
     async fn authorize(&self, session: &OpenedSession, req: &Request) -> Result<Verdict, String> {
-        let mut context = serde_json::Map::new();
-        context.insert("protocol".into(), json!(session.protocol));
-        context.insert("time".into(), json!(now_ms() / 1000));
-        if let Some(addr) = session.client_addr {
-            context.insert("client_ip".into(), json!(addr.ip().to_string()));
-        }
-        context.extend(req.context.clone());
-        let connections = match self.app.store.get_connection(&session.connection).await {
-            Ok(Some(c)) => vec![ConnectionInfo { name: c.name, kind: c.kind, tags: c.tags }],
-            Ok(None) => vec![],
-            Err(e) => return Err(format!("cannot decide: {e}")),
-        };
-        let decision = if req.accesses.is_empty() {
-            Decision::allow(vec![])
-        } else {
-            Decision::strictest(req.accesses.iter().map(|(action, resource)| {
-                let authz = AuthzRequest {
-                    principal: session.identity.clone(),
-                    action: action.clone(),
-                    resources: vec![resource.clone()],
-                    context: context.clone(),
-                };
-                self.app.policy.decide(&authz, &connections).unwrap_or_else(|e| Decision {
-                    outcome: Outcome::Deny,
-                    policies: vec![],
-                    approvers: vec![],
-                    errors: vec![e.to_string()],
-                })
-            }))
-        };
+        let decision = self.decide(session, req).await?;
         let accesses: Vec<String> = req.accesses.iter().map(|(a, r)| format!("{a} {}", r.entity_ref())).collect();
         let denied = decision.outcome != Outcome::Allow;
         let entry = Entry::request(
             &session.id,
             json!({"action": req.accesses.first().map(|(a, _)| a.clone()).unwrap_or_else(|| "connect".into()),
-                "request": req.text, "fingerprint": req.fingerprint, "accesses": accesses, "note": req.note,
+                "request": req.text, "params": req.params, "fingerprint": req.fingerprint, "accesses": accesses, "note": req.note,
                 "decision": decision.outcome.as_str(), "policies": decision.policies, "approvers": decision.approvers,
                 "errors": decision.errors}),
             denied,
@@ -302,6 +307,15 @@ impl Pipeline for DataPath {
         let seq = self.app.audit.record_one(entry).await.map_err(|e| format!("the audit trail is unavailable: {e}"))?;
         self.app.metrics.request(session.protocol, decision.outcome.as_str());
         Ok(Verdict { seq, decision })
+    }
+
+    async fn check(&self, session: &OpenedSession, req: &Request) -> Decision {
+        self.decide(session, req).await.unwrap_or_else(|e| Decision {
+            outcome: Outcome::Deny,
+            policies: vec![],
+            approvers: vec![],
+            errors: vec![e],
+        })
     }
 
     async fn finish(&self, session: &OpenedSession, seq: i64, result: RequestResult) {

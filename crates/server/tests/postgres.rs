@@ -531,3 +531,73 @@ fn callers_in_a_mapped_group_reach_the_resource_with_the_narrower_credential() {
     let out = f.app("SELECT current_user;");
     assert_eq!(stdout(&out).trim(), f.pg.superuser());
 }
+
+#[test]
+fn extended_protocol_prepared_statements_follow_policy() {
+    let f = Fixture::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = client(&f.url(&f.token)).await;
+        // Parameters, typed results, no separate Describe needed by the caller.
+        let row = c.query_one("SELECT item, price::text, id FROM orders WHERE id = $1", &[&1i32]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "lamp");
+        assert_eq!(row.get::<_, String>(1), "19.90");
+        assert_eq!(row.get::<_, i32>(2), 1);
+        let nulls = c.query_one("SELECT item FROM orders WHERE id = $1", &[&2i32]).await.unwrap();
+        assert_eq!(nulls.get::<_, Option<String>>(0), None);
+
+        // A prepared DELETE is caught like a simple one, at Parse.
+        let e = c.prepare("DELETE FROM secrets WHERE id = $1").await.unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{e}");
+        assert!(e.to_string().contains("no-secrets") || e.as_db_error().unwrap().message().contains("no-secrets"));
+        assert_eq!(
+            c.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get::<_, i64>(0),
+            2,
+            "the session goes on"
+        );
+
+        // Policy changed between Parse and Execute is checked again at Execute.
+        let stmt = c.prepare("SELECT item FROM orders WHERE id = $1").await.unwrap();
+        f.policies(&POLICIES.replace(
+            "permit (principal in Group::\"apps\", action == Action::\"sql.select\"",
+            "permit (principal in Group::\"nobody\", action == Action::\"sql.select\"",
+        ));
+        let e = c.query(&stmt, &[&1i32]).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{e}");
+        f.policies(POLICIES);
+        assert_eq!(c.query(&stmt, &[&1i32]).await.unwrap().len(), 1);
+
+        // Pipelined statements: the refused one errors, the others still run.
+        let (a, b, d) = tokio::join!(
+            c.query("SELECT 1::int4", &[]),
+            c.query("SELECT value FROM secrets", &[]),
+            c.query("SELECT 3::int4", &[]),
+        );
+        assert_eq!(a.unwrap()[0].get::<_, i32>(0), 1);
+        assert_eq!(sqlstate(&b.unwrap_err()), "42501");
+        assert_eq!(d.unwrap()[0].get::<_, i32>(0), 3);
+    });
+    // Inside a transaction, a refused prepared statement fails the transaction upstream too.
+    rt.block_on(async {
+        let mut c = client(&f.url(&f.token)).await;
+        let tx = c.transaction().await.unwrap();
+        tx.execute("INSERT INTO orders VALUES ($1, $2)", &[&7i32, &"vase"]).await.unwrap();
+        assert_eq!(sqlstate(&tx.query("SELECT * FROM secrets", &[]).await.unwrap_err()), "42501");
+        // The resource answers COMMIT of a failed transaction with ROLLBACK.
+        let _ = tx.commit().await;
+    });
+    assert_eq!(f.direct("SELECT count(*) FROM orders WHERE id = 7"), "0", "nothing of the transaction was committed");
+    // Executions are recorded with their parameters.
+    let list: serde_json::Value =
+        serde_json::from_str(&f.gw.cli_ok(&["sessions", "list", "--identity", "app", "--json"]).unwrap()).unwrap();
+    let id = list.as_array().unwrap().last().unwrap()["id"].as_str().unwrap().to_string();
+    let detail: serde_json::Value =
+        serde_json::from_str(&f.gw.cli_ok(&["sessions", "show", &id, "--json"]).unwrap()).unwrap();
+    let found = detail["events"].as_array().unwrap().iter().any(|e| {
+        e["data"]["request"] == "SELECT item, price::text, id FROM orders WHERE id = $1"
+            && e["data"]["params"] == serde_json::json!(["\\x00000001"])
+    });
+    assert!(found, "{detail}");
+    let verify = f.gw.cli(&["audit", "verify"]).unwrap();
+    assert!(verify.status.success(), "{}", stdout(&verify));
+}

@@ -1,0 +1,207 @@
+//! The extended query protocol's bookkeeping: prepared statements and portals the caller made,
+//! and what the resource still owes an answer for, in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::session::StatementRequest;
+
+/// An answer the resource owes, in the order the messages were forwarded.
+#[derive(Debug)]
+pub(crate) enum Expect {
+    Parse,
+    Bind,
+    Describe,
+    Close,
+    Sync,
+    /// An `Execute`, with the recorded request it runs (`None` for a portal the gateway does
+    /// not know: the resource answers with its own error).
+    Execute {
+        seq: Option<i64>,
+        started: Instant,
+        rows: u64,
+        bytes: u64,
+    },
+    /// A statement the gateway sent in place of a refused message so that the resource fails
+    /// (and discards until `Sync`) at exactly that point: its error is replaced by this refusal.
+    Injected(Bytes),
+}
+
+#[derive(Debug)]
+pub(crate) struct Portal {
+    pub statement: String,
+    pub params: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Extended {
+    pub statements: HashMap<String, Vec<StatementRequest>>,
+    pub portals: HashMap<String, Portal>,
+    pub expects: VecDeque<Expect>,
+    /// After a refusal: the caller's messages are dropped until its `Sync`, as the server does
+    /// after an error.
+    pub discarding: bool,
+}
+
+/// How much of each parameter value is recorded.
+const PARAM_RECORD_LIMIT: usize = 256;
+
+fn cstr(body: &[u8], at: &mut usize) -> Result<String, String> {
+    let rest = body.get(*at..).ok_or("truncated message")?;
+    let end = rest.iter().position(|b| *b == 0).ok_or("missing string terminator")?;
+    let s = std::str::from_utf8(&rest[..end]).map_err(|_| "string is not UTF-8")?.to_string();
+    *at += end + 1;
+    Ok(s)
+}
+
+fn int16(body: &[u8], at: &mut usize) -> Result<i16, String> {
+    let b = body.get(*at..*at + 2).ok_or("truncated message")?;
+    *at += 2;
+    Ok(i16::from_be_bytes([b[0], b[1]]))
+}
+
+fn int32(body: &[u8], at: &mut usize) -> Result<i32, String> {
+    let b = body.get(*at..*at + 4).ok_or("truncated message")?;
+    *at += 4;
+    Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// `Parse`: statement name and query text.
+pub(crate) fn parse_message(body: &[u8]) -> Result<(String, String), String> {
+    let mut at = 0;
+    let name = cstr(body, &mut at)?;
+    let query = cstr(body, &mut at)?;
+    let n = int16(body, &mut at)?;
+    if n < 0 || body.len() != at + 4 * n as usize {
+        return Err("bad parameter type list".into());
+    }
+    Ok((name, query))
+}
+
+/// `Bind`: portal, statement, and each parameter as recorded (text when it is UTF-8, else hex;
+/// capped), `NULL` as `null`.
+pub(crate) fn bind_message(body: &[u8]) -> Result<(String, String, Vec<String>), String> {
+    let mut at = 0;
+    let portal = cstr(body, &mut at)?;
+    let statement = cstr(body, &mut at)?;
+    let nformats = int16(body, &mut at)?;
+    if nformats < 0 {
+        return Err("bad format count".into());
+    }
+    let mut formats = Vec::with_capacity(nformats as usize);
+    for _ in 0..nformats {
+        formats.push(int16(body, &mut at)?);
+    }
+    let nparams = int16(body, &mut at)?;
+    if nparams < 0 {
+        return Err("bad parameter count".into());
+    }
+    let mut params = Vec::with_capacity(nparams as usize);
+    for i in 0..nparams as usize {
+        // No codes: all text; one code: for every parameter; else one per parameter.
+        let binary = match formats.len() {
+            0 => false,
+            1 => formats[0] == 1,
+            _ => formats.get(i).is_some_and(|f| *f == 1),
+        };
+        let len = int32(body, &mut at)?;
+        if len < 0 {
+            params.push("null".to_string());
+            continue;
+        }
+        let value = body.get(at..at + len as usize).ok_or("truncated parameter")?;
+        at += len as usize;
+        let text = if binary { Err(()) } else { std::str::from_utf8(value).map_err(|_| ()) };
+        let shown = match text {
+            Ok(text) if text.len() <= PARAM_RECORD_LIMIT => text.to_string(),
+            Ok(text) => {
+                let mut end = PARAM_RECORD_LIMIT;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{}… ({} bytes)", &text[..end], text.len())
+            }
+            Err(_) => {
+                let hex: String = value.iter().take(PARAM_RECORD_LIMIT / 2).map(|b| format!("{b:02x}")).collect();
+                format!("\\x{hex}{}", if value.len() > PARAM_RECORD_LIMIT / 2 { "…" } else { "" })
+            }
+        };
+        params.push(shown);
+    }
+    let nresults = int16(body, &mut at)?;
+    if nresults < 0 || body.len() != at + 2 * nresults as usize {
+        return Err("bad result format list".into());
+    }
+    Ok((portal, statement, params))
+}
+
+/// `Execute`: the portal.
+pub(crate) fn execute_message(body: &[u8]) -> Result<String, String> {
+    let mut at = 0;
+    let portal = cstr(body, &mut at)?;
+    let _max_rows = int32(body, &mut at)?;
+    Ok(portal)
+}
+
+/// `Close` / `Describe`: `S` or `P`, and the name.
+pub(crate) fn target_message(body: &[u8]) -> Result<(u8, String), String> {
+    let kind = *body.first().ok_or("truncated message")?;
+    if kind != b'S' && kind != b'P' {
+        return Err(format!("unknown target {:?}", kind as char));
+    }
+    let mut at = 1;
+    Ok((kind, cstr(body, &mut at)?))
+}
+
+/// A `Parse` of text the server cannot parse: it fails where the refused message stood.
+pub(crate) fn failing_parse() -> Bytes {
+    let text = b"GATEHOUSE REFUSED THIS REQUEST";
+    let mut out = Vec::with_capacity(text.len() + 10);
+    out.push(b'P');
+    out.extend_from_slice(&((4 + 1 + text.len() + 1 + 2) as i32).to_be_bytes());
+    out.push(0);
+    out.extend_from_slice(text);
+    out.push(0);
+    out.extend_from_slice(&0i16.to_be_bytes());
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_parses_and_records_parameters() {
+        let mut body = b"p1\0s1\0".to_vec();
+        body.extend_from_slice(&3i16.to_be_bytes());
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&1i16.to_be_bytes());
+        body.extend_from_slice(&3i16.to_be_bytes());
+        body.extend_from_slice(&2i32.to_be_bytes());
+        body.extend_from_slice(b"42");
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        body.extend_from_slice(&2i32.to_be_bytes());
+        body.extend_from_slice(&[0xff, 0x00]);
+        body.extend_from_slice(&0i16.to_be_bytes());
+        let (portal, statement, params) = bind_message(&body).unwrap();
+        assert_eq!((portal.as_str(), statement.as_str()), ("p1", "s1"));
+        assert_eq!(params, vec!["42".to_string(), "null".to_string(), "\\xff00".to_string()]);
+        assert!(bind_message(&body[..body.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn parse_and_targets() {
+        let mut body = b"s\0SELECT 1\0".to_vec();
+        body.extend_from_slice(&0i16.to_be_bytes());
+        assert_eq!(parse_message(&body).unwrap(), ("s".into(), "SELECT 1".into()));
+        assert!(parse_message(b"s\0SELECT 1").is_err());
+        assert_eq!(target_message(b"Sname\0").unwrap(), (b'S', "name".into()));
+        assert!(target_message(b"Xname\0").is_err());
+        let f = failing_parse();
+        assert_eq!(f[0], b'P');
+        assert_eq!(i32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize, f.len() - 1);
+    }
+}
