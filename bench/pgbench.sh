@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# PostgreSQL through Gatehouse, measured against a direct connection and pgbouncer (session
+# mode) in the same run. Starts its own PostgreSQL, pgbouncer and Gatehouse on loopback ports
+# picked at run time, TLS off on every path, recording on in Gatehouse. Runs `pgbench -S` in the
+# simple and the extended protocol at each client count, best of RUNS runs per path, and prints
+# TPS, average latency and the ratios Gatehouse/direct and Gatehouse/pgbouncer.
+#
+#   bench/pgbench.sh                    # defaults: CLIENTS="1 16" DURATION=5 RUNS=3 SCALE=10
+#   CLIENTS="1 4 16" DURATION=10 bench/pgbench.sh
+#   FSYNC=off bench/pgbench.sh          # [audit] fsync: batch (default) or off
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLIENTS=${CLIENTS:-"1 16"}
+DURATION=${DURATION:-5}
+RUNS=${RUNS:-3}
+SCALE=${SCALE:-10}
+FSYNC=${FSYNC:-batch}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+missing=()
+command -v pgbench >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_config >/dev/null 2>&1 || missing+=(postgresql)
+if [ "${#missing[@]}" -gt 0 ]; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+BINDIR=$(pg_config --bindir 2>/dev/null || true)
+[ -x "$BINDIR/initdb" ] || BINDIR=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+
+cargo build --release -q -p gatehouse-server
+GATEHOUSE=$PWD/target/release/gatehouse
+
+TMP=$(mktemp -d /tmp/gatehouse-bench.XXXXXX)
+chmod 755 "$TMP"
+# Servers refuse to run as root: run them as nobody then.
+if [ "$(id -u)" = 0 ]; then RUN=(runuser -u nobody --); OWNER=nobody; else RUN=(); OWNER=$(id -un); fi
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    "${RUN[@]}" "$BINDIR/pg_ctl" -D "$TMP/pg" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); API_PORT=$(free_port); GW_PORT=$(free_port)
+
+echo "== PostgreSQL $("$BINDIR/postgres" --version | awk '{print $3}') on $PG_PORT, scale $SCALE"
+mkdir -p "$TMP/pg" "$TMP/run" && chown "$OWNER" "$TMP/pg" "$TMP/run"
+"${RUN[@]}" "$BINDIR/initdb" -D "$TMP/pg" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+cat >>"$TMP/pg/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$TMP/run'
+max_connections = 100
+shared_buffers = 128MB
+fsync = off
+CONF
+"${RUN[@]}" "$BINDIR/pg_ctl" -D "$TMP/pg" -l "$TMP/run/pg.log" -w start >/dev/null
+pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
+
+echo "== pgbouncer on $BOUNCER_PORT (session mode)"
+echo '"postgres" ""' >"$TMP/run/userlist.txt"
+cat >"$TMP/run/pgbouncer.ini" <<CONF
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=postgres user=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $TMP/run/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+logfile = $TMP/run/pgbouncer.log
+CONF
+chown -R "$OWNER" "$TMP/run"
+"${RUN[@]}" "$PGBOUNCER" "$TMP/run/pgbouncer.ini" >/dev/null 2>&1 &
+pids+=($!)
+wait_port "$BOUNCER_PORT"
+
+echo "== Gatehouse on $GW_PORT (recording on, [audit] fsync = $FSYNC)"
+env -u GATEHOUSE_TOKEN -u GATEHOUSE_SERVER GATEHOUSE_LISTEN_API="127.0.0.1:$API_PORT" GATEHOUSE_LISTEN_POSTGRES="127.0.0.1:$GW_PORT" \
+    GATEHOUSE_LOG_LEVEL=warn GATEHOUSE_AUDIT_FSYNC="$FSYNC" "$GATEHOUSE" serve --data-dir "$TMP/gw" >"$TMP/gatehouse.log" 2>&1 &
+pids+=($!)
+wait_port "$GW_PORT"
+for _ in $(seq 1 100); do [ -s "$TMP/gw/admin.token" ] && break; sleep 0.05; done
+export GATEHOUSE_SERVER="http://127.0.0.1:$API_PORT" GATEHOUSE_TOKEN
+GATEHOUSE_TOKEN=$(cat "$TMP/gw/admin.token")
+"$GATEHOUSE" connections add bench --type postgres --host 127.0.0.1 --port "$PG_PORT" --database postgres \
+    --user postgres --tls disable 2>/dev/null
+BENCH_TOKEN=$("$GATEHOUSE" identities add bench --groups bench)
+cat >"$TMP/bench.cedar" <<'CEDAR'
+@id("bench-all")
+permit (principal in Group::"bench", action, resource in Connection::"bench");
+CEDAR
+"$GATEHOUSE" policies set "$TMP/bench.cedar" >/dev/null
+
+# best_of MODE CLIENTS TARGET → "tps latency_ms"
+run_one() {
+    local mode=$1 clients=$2 target=$3 jobs=$(( $2 < 2 ? 1 : 2 ))
+    local args=(-n -S -M "$mode" -c "$clients" -j "$jobs" -T "$DURATION")
+    case $target in
+        direct) pgbench "${args[@]}" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres ;;
+        pgbouncer) pgbench "${args[@]}" -h 127.0.0.1 -p "$BOUNCER_PORT" -U postgres bench ;;
+        gatehouse) PGPASSWORD=$BENCH_TOKEN PGSSLMODE=disable pgbench "${args[@]}" -h 127.0.0.1 -p "$GW_PORT" -U bench bench ;;
+    esac 2>&1
+}
+best_of() {
+    local best_tps=0 best_lat=0 out tps lat
+    for _ in $(seq 1 "$RUNS"); do
+        out=$(run_one "$@")
+        tps=$(awk '/^tps = / {print $3; exit}' <<<"$out")
+        lat=$(awk '/^latency average = / {print $4; exit}' <<<"$out")
+        if [ -z "$tps" ]; then echo "pgbench failed ($*):" >&2; echo "$out" >&2; exit 1; fi
+        if awk -v a="$tps" -v b="$best_tps" 'BEGIN {exit !(a > b)}'; then best_tps=$tps; best_lat=$lat; fi
+    done
+    echo "$best_tps $best_lat"
+}
+
+printf '\n%-9s %7s %-10s %12s %12s\n' mode clients path tps latency_ms
+results=()
+for mode in simple extended; do
+    for c in $CLIENTS; do
+        declare -A tps=() lat=()
+        for target in direct pgbouncer gatehouse; do
+            read -r t l < <(best_of "$mode" "$c" "$target")
+            tps[$target]=$t; lat[$target]=$l
+            printf '%-9s %7s %-10s %12.0f %12.3f\n' "$mode" "$c" "$target" "$t" "$l"
+        done
+        results+=("$(awk -v m="$mode" -v c="$c" -v gt="${tps[gatehouse]}" -v dt="${tps[direct]}" -v bt="${tps[pgbouncer]}" \
+            -v gl="${lat[gatehouse]}" -v dl="${lat[direct]}" -v bl="${lat[pgbouncer]}" 'BEGIN {
+            printf "%-9s %7s  gatehouse/direct tps %.2f  gatehouse/pgbouncer tps %.2f  added latency vs direct %.1f us, vs pgbouncer %.1f us",
+                m, c, gt/dt, gt/bt, (gl-dl)*1000, (gl-bl)*1000 }')")
+        unset tps lat
+    done
+done
+echo
+printf '%s\n' "${results[@]}"
+events=$("$GATEHOUSE" audit verify 2>&1 || true)
+echo
+echo "audit trail after the run: $events"
