@@ -601,3 +601,28 @@ fn extended_protocol_prepared_statements_follow_policy() {
     let verify = f.gw.cli(&["audit", "verify"]).unwrap();
     assert!(verify.status.success(), "{}", stdout(&verify));
 }
+
+#[test]
+fn an_oidc_jwt_is_a_password_and_its_expiry_ends_the_session() {
+    let idp = gatehouse_testkit::OidcProvider::start().unwrap();
+    let f =
+        Fixture::with_env(&[("GATEHOUSE_OIDC_ISSUER", idp.issuer()), ("GATEHOUSE_OIDC_AUDIENCE", "gatehouse-test")]);
+    let claims = serde_json::json!({"aud": "gatehouse-test", "email": "alice@example.com", "groups": ["apps"]});
+    let jwt = idp.token_expiring_in(claims, 3).unwrap();
+    let out = f.psql("alice@example.com", &jwt, "pg", "SELECT item FROM orders WHERE id = 1;");
+    assert_eq!(stdout(&out).trim(), "lamp", "{}", stderr(&out));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url =
+            format!("host=127.0.0.1 port={} dbname=pg user=alice@example.com password={jwt} sslmode=disable", f.port);
+        let c = client(&url).await;
+        assert_eq!(rows(&c.simple_query("SELECT 1").await).len(), 1);
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert!(c.simple_query("SELECT 1").await.is_err(), "the session ended with the token");
+    });
+    let list: serde_json::Value =
+        serde_json::from_str(&f.gw.cli_ok(&["sessions", "list", "--identity", "alice@example.com", "--json"]).unwrap())
+            .unwrap();
+    assert_eq!(list[0]["identity_kind"], "user");
+    assert_eq!(list[0]["end_reason"], "the caller's credential expired");
+}
