@@ -140,10 +140,13 @@ fn bad_tokens_are_refused_with_401() {
     }
     // The refusals cost the provider at most a rate-limited JWKS fetch each second.
     let before = idp.jwks_fetches().unwrap();
+    let started = std::time::Instant::now();
     for _ in 0..10 {
         assert_eq!(get(&gw, "/api/v1/whoami", &idp.token_with_unknown_key(claims.clone()).unwrap()).status, 401);
     }
-    assert!(idp.jwks_fetches().unwrap() - before <= 2, "unknown kids must not hammer the provider");
+    // At most one fetch per jwks_min_refresh (1 s here), however many tokens arrive.
+    let allowed = 1 + started.elapsed().as_secs();
+    assert!(idp.jwks_fetches().unwrap() - before <= allowed, "unknown kids must not hammer the provider");
 }
 
 #[test]
