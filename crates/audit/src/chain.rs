@@ -39,25 +39,55 @@ pub fn chain_mac(
 /// Reads the chain head, `None` if the file does not exist.
 pub fn read_head(path: &Path) -> Result<Option<ChainHead>, String> {
     match std::fs::read_to_string(path) {
+        // The writer creates the file before the first batch: empty means no head yet.
+        Ok(text) if text.trim().is_empty() => Ok(None),
         Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
-/// Replaces the chain head atomically (write a temporary file, then rename over the old one).
-pub fn write_head(path: &Path, head: &ChainHead, fsync: bool) -> std::io::Result<()> {
-    let tmp = path.with_extension("head.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(serde_json::to_string(head).map_err(std::io::Error::other)?.as_bytes())?;
-        if fsync {
-            f.sync_data()?;
+/// The chain head's file, kept open by the writer and rewritten in place after every batch: one
+/// small write at offset 0 (padded to a fixed size), no new file or rename per batch, which
+/// would cost more than the batch itself. A write torn by a crash leaves an unreadable head,
+/// which `verify` reports; it never passes for a valid one.
+#[derive(Debug)]
+pub struct HeadFile {
+    file: std::fs::File,
+}
+
+/// Every head record is padded to this many bytes (JSON, then spaces, then a newline).
+const HEAD_RECORD: usize = 160;
+
+impl HeadFile {
+    pub fn open(path: &Path) -> std::io::Result<HeadFile> {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
         }
+        Ok(HeadFile { file: options.open(path)? })
     }
-    std::fs::rename(&tmp, path)?;
-    if fsync && let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+
+    /// Writes `head`; with `fsync`, also forces it to disk.
+    pub fn write(&mut self, head: &ChainHead, fsync: bool) -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let mut record = serde_json::to_string(head).map_err(std::io::Error::other)?;
+        if record.len() >= HEAD_RECORD {
+            return Err(std::io::Error::other("chain head record too long"));
+        }
+        record.extend(std::iter::repeat_n(' ', HEAD_RECORD - 1 - record.len()));
+        record.push('\n');
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.write_all(record.as_bytes())?;
+        if self.file.metadata()?.len() != HEAD_RECORD as u64 {
+            self.file.set_len(HEAD_RECORD as u64)?;
+        }
+        if fsync {
+            self.file.sync_data()?;
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -12,7 +12,7 @@ mod chain;
 mod verify;
 mod writer;
 
-pub use chain::{ChainHead, HEAD_FILE, chain_mac, read_head, write_head};
+pub use chain::{ChainHead, HEAD_FILE, HeadFile, chain_mac, read_head};
 pub use verify::{VerifyReport, verify, verify_with_head};
 pub use writer::{AuditWriter, CommitObserver, Entry, FsyncPolicy, WriterStats, session_record};
 

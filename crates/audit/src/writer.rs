@@ -7,7 +7,7 @@ use gatehouse_keys::Keys;
 use gatehouse_store::{AuditBatch, SessionChange, SessionRecord, Store, StoredEvent};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::chain::{ChainHead, chain_mac, write_head};
+use crate::chain::{ChainHead, HeadFile, chain_mac};
 use crate::{AuditError, now_ms};
 
 /// Most events committed in one batch.
@@ -161,7 +161,9 @@ impl AuditWriter {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(WriterStats::default());
-        let task = Task { store, keys, head_path, fsync, seq, prev, stats: stats.clone(), observer };
+        let head_file = HeadFile::open(&head_path)
+            .map_err(|e| AuditError::Unavailable(format!("cannot open the chain head {}: {e}", head_path.display())))?;
+        let task = Task { store, keys, head_file, fsync, seq, prev, stats: stats.clone(), observer };
         let handle = tokio::spawn(task.run(rx));
         Ok((AuditWriter { tx, stats }, handle))
     }
@@ -192,7 +194,7 @@ impl AuditWriter {
 struct Task {
     store: Arc<dyn Store>,
     keys: Arc<Keys>,
-    head_path: PathBuf,
+    head_file: HeadFile,
     fsync: FsyncPolicy,
     seq: i64,
     prev: Vec<u8>,
@@ -254,7 +256,8 @@ impl Task {
                 self.seq = seq;
                 self.prev = prev;
                 let head = ChainHead { seq, mac: hex::encode(&self.prev) };
-                write_head(&self.head_path, &head, self.fsync == FsyncPolicy::EveryBatch)
+                self.head_file
+                    .write(&head, self.fsync == FsyncPolicy::EveryBatch)
                     .map_err(|e| AuditError::Unavailable(format!("cannot write the chain head: {e}")))
             }
             Err(e) => {
