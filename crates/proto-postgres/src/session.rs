@@ -672,7 +672,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
     }
 
     /// The refusal a denied request gets, as an `ErrorResponse`.
-    fn refusal(decision: &Decision, adapter_reason: Option<&str>, note: Option<&str>) -> Bytes {
+    fn refusal(decision: &Decision, adapter_reason: Option<&str>, note: Option<&str>, detail: Option<&str>) -> Bytes {
         let mut message = match adapter_reason {
             Some(r) => format!("permission denied: {r}"),
             None => match decision.outcome {
@@ -686,7 +686,13 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         if let Some(note) = note {
             message.push_str(&format!(" ({note})"));
         }
-        messages::error_response(Severity::Error, "42501", &message, None, None)
+        messages::error_response(Severity::Error, "42501", &message, detail, None)
+    }
+
+    /// The answer when a request could not be recorded: it is not forwarded (fail closed).
+    fn unrecorded(e: &str) -> Bytes {
+        let message = format!("the gateway cannot record this statement, so it was not run: {e}");
+        messages::error_response(Severity::Error, "58000", &message, None, None)
     }
 
     /// Refuses an extended-protocol message: the resource is made to fail at this point of the
@@ -729,15 +735,9 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                         let refusal = match recorded {
                             Ok(v) => {
                                 self.finish(v.seq, Some("refused at Parse".into()), 0, None);
-                                Self::refusal(&v.decision, r.refuse.as_deref(), r.request.note.as_deref())
+                                Self::refusal(&v.decision, r.refuse.as_deref(), r.request.note.as_deref(), None)
                             }
-                            Err(e) => messages::error_response(
-                                Severity::Error,
-                                "58000",
-                                &format!("the gateway cannot record this statement, so it was not run: {e}"),
-                                None,
-                                None,
-                            ),
+                            Err(e) => Self::unrecorded(&e),
                         };
                         return self.refuse_extended(refusal, up).await;
                     }
@@ -777,17 +777,12 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                         Ok(v) if v.decision.outcome == Outcome::Allow && r.refuse.is_none() => seq = Some(v.seq),
                         Ok(v) => {
                             self.finish(v.seq, Some("refused".into()), 0, None);
-                            let refusal = Self::refusal(&v.decision, r.refuse.as_deref(), r.request.note.as_deref());
+                            let refusal =
+                                Self::refusal(&v.decision, r.refuse.as_deref(), r.request.note.as_deref(), None);
                             return self.refuse_extended(refusal, up).await;
                         }
                         Err(e) => {
-                            let refusal = messages::error_response(
-                                Severity::Error,
-                                "58000",
-                                &format!("the gateway cannot record this statement, so it was not run: {e}"),
-                                None,
-                                None,
-                            );
+                            let refusal = Self::unrecorded(&e);
                             return self.refuse_extended(refusal, up).await;
                         }
                     }
@@ -935,13 +930,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 }
                 Err(e) => {
                     // Not recorded, so not forwarded.
-                    let msg = messages::error_response(
-                        Severity::Error,
-                        "58000",
-                        &format!("the gateway cannot record this statement, so it was not run: {e}"),
-                        None,
-                        None,
-                    );
+                    let msg = Self::unrecorded(&e);
                     for v in &verdicts {
                         self.finish(v.seq, Some("not run: the batch could not be recorded".into()), 0, None);
                     }
@@ -952,19 +941,6 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         if let Some((i, decision, adapter_reason)) = refusal {
             let n = batch.len();
             let stmt = &batch[i].request;
-            let mut message = match &adapter_reason {
-                Some(r) => format!("permission denied: {r}"),
-                None => match decision.outcome {
-                    Outcome::Review => format!(
-                        "permission denied: this statement needs approval ({}); approvals are not available through this gateway yet",
-                        decision.explain()
-                    ),
-                    _ => format!("permission denied: {}", decision.explain()),
-                },
-            };
-            if let Some(note) = &stmt.note {
-                message.push_str(&format!(" ({note})"));
-            }
             let detail = if n > 1 {
                 Some(format!(
                     "statement {} of {n} was refused, so none of them ran: {}",
@@ -978,7 +954,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 let why = if j == i { "refused" } else { "not run: another statement of the batch was refused" };
                 self.finish(v.seq, Some(why.into()), 0, None);
             }
-            let err = messages::error_response(Severity::Error, "42501", &message, detail.as_deref(), None);
+            let err = Self::refusal(&decision, adapter_reason.as_deref(), stmt.note.as_deref(), detail.as_deref());
             return self.refuse(err, up).await;
         }
         self.restamp_after = batch.iter().any(|s| s.restamp);

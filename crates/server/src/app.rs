@@ -60,6 +60,19 @@ impl App {
         self.data_dir.join(gatehouse_audit::HEAD_FILE)
     }
 
+    /// A connection by name, or 404.
+    pub async fn connection(&self, name: &str) -> Result<gatehouse_store::ConnectionRecord, ApiError> {
+        self.store
+            .get_connection(name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("connection {name:?} not found")))
+    }
+
+    /// An identity by name, or 404.
+    pub async fn identity(&self, name: &str) -> Result<gatehouse_store::IdentityRecord, ApiError> {
+        self.store.get_identity(name).await?.ok_or_else(|| ApiError::NotFound(format!("identity {name:?} not found")))
+    }
+
     /// Connection attributes policy needs for the given resources.
     pub async fn connection_infos(&self, resources: &[Resource]) -> Result<Vec<ConnectionInfo>, ApiError> {
         let mut out: Vec<ConnectionInfo> = Vec::new();

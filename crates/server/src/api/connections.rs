@@ -410,11 +410,7 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<ConnectionView>, ApiError> {
     app.authorize(&caller, Area::Connections, false)?;
-    let r = app
-        .store
-        .get_connection(&name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("connection {name:?} not found")))?;
+    let r = app.connection(&name).await?;
     Ok(Json(ConnectionView::of(&r)))
 }
 
@@ -456,11 +452,7 @@ pub async fn update(
     let details = audit_details(&input);
     let view = app
         .managed(&caller, Area::Connections, "connection.update", &name, details, || async {
-            let existing = app
-                .store
-                .get_connection(&name)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("connection {name:?} not found")))?;
+            let existing = app.connection(&name).await?;
             let record = build(&app, &name, Some(existing), input, now_ms())?;
             let view = ConnectionView::of(&record);
             app.store.update_connection(record).await?;
@@ -508,11 +500,7 @@ pub async fn add_credential(
     let details = json!({"credential": input.name, "groups": input.groups, "user": input.user,
         "secret": input.secret.as_ref().map(|s| json!({"kind": s.kind, "value": "(set, not recorded)"}))});
     app.managed(&caller, Area::Connections, "connection.credential.add", &name, details, || async {
-        let conn = app
-            .store
-            .get_connection(&name)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("connection {name:?} not found")))?;
+        let conn = app.connection(&name).await?;
         let secret = match &input.secret {
             Some(s) => Some(seal(&app, &conn.kind, s, &credential_aad(&name, &input.name))?),
             None => None,
@@ -528,11 +516,7 @@ pub async fn add_credential(
         Ok(())
     })
     .await?;
-    let r = app
-        .store
-        .get_connection(&name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("connection {name:?} not found")))?;
+    let r = app.connection(&name).await?;
     Ok((StatusCode::CREATED, Json(ConnectionView::of(&r))))
 }
 
@@ -577,11 +561,7 @@ pub async fn test(
     Path(name): Path<String>,
 ) -> Result<Json<TestResult>, ApiError> {
     app.authorize(&caller, Area::Connections, false)?;
-    let r = app
-        .store
-        .get_connection(&name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("connection {name:?} not found")))?;
+    let r = app.connection(&name).await?;
     let address = match (&r.host, r.port, &r.url) {
         (Some(h), Some(p), _) => {
             if h.contains(':') {

@@ -135,11 +135,7 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<IdentityView>, ApiError> {
     app.authorize(&caller, Area::Identities, false)?;
-    let r = app
-        .store
-        .get_identity(&name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("identity {name:?} not found")))?;
+    let r = app.identity(&name).await?;
     Ok(Json(IdentityView::of(&r, now_ms())))
 }
 
@@ -193,11 +189,7 @@ pub async fn rotate(
     let now = now_ms();
     let ttl = parse_ttl(input.ttl.as_deref())?;
     app.managed(&caller, Area::Identities, "identity.rotate", &name, json!({"ttl": input.ttl}), || async {
-        let current = app
-            .store
-            .get_identity(&name)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("identity {name:?} not found")))?;
+        let current = app.identity(&name).await?;
         // Without --ttl, the new token lives as long as the old one was meant to.
         let lifetime =
             ttl.or_else(|| current.expires_at.map(|e| e - current.token_rotated_at.unwrap_or(current.created_at)));
@@ -207,11 +199,7 @@ pub async fn rotate(
         Ok(())
     })
     .await?;
-    let r = app
-        .store
-        .get_identity(&name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("identity {name:?} not found")))?;
+    let r = app.identity(&name).await?;
     Ok(Json(TokenResponse { identity: IdentityView::of(&r, now), token: issued.token.expose().to_string() }))
 }
 
