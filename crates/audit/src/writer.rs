@@ -98,7 +98,13 @@ pub fn session_record(
 struct Job {
     entries: Vec<Entry>,
     reply: oneshot::Sender<Result<Vec<i64>, AuditError>>,
+    /// Someone waits on this commit before forwarding a request: commit without delay.
+    urgent: bool,
 }
+
+/// How long entries that nothing waits for (results of requests already forwarded) may wait
+/// for company before they are committed on their own.
+const LATER_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Called after each batch with how many events it held, how long the commit took, and whether
 /// it succeeded.
@@ -171,9 +177,20 @@ impl AuditWriter {
     /// Records the entries, in order and atomically, and returns their sequence numbers once
     /// they are committed. An error means they were not recorded: do not forward the request.
     pub async fn record(&self, entries: Vec<Entry>) -> Result<Vec<i64>, AuditError> {
+        self.send(entries, true).await
+    }
+
+    /// Records entries that nothing waits for before acting (the result of a request already
+    /// forwarded): they ride with the next commit, or are committed on their own within a few
+    /// milliseconds, so they do not cost a commit of their own under load.
+    pub async fn record_later(&self, entries: Vec<Entry>) -> Result<Vec<i64>, AuditError> {
+        self.send(entries, false).await
+    }
+
+    async fn send(&self, entries: Vec<Entry>, urgent: bool) -> Result<Vec<i64>, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        if self.tx.try_send(Job { entries, reply }).is_err() {
+        if self.tx.try_send(Job { entries, reply, urgent }).is_err() {
             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(AuditError::Unavailable("the audit queue is full".into()));
         }
@@ -205,16 +222,23 @@ struct Task {
 impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         while let Some(first) = rx.recv().await {
+            let mut urgent = first.urgent;
+            let mut count = first.entries.len();
             let mut jobs = vec![first];
-            let mut count = jobs[0].entries.len();
+            let deadline = tokio::time::Instant::now() + LATER_WINDOW;
             while count < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => {
-                        count += job.entries.len();
-                        jobs.push(job);
+                let next = match rx.try_recv() {
+                    Ok(job) => Some(job),
+                    // Only entries nothing waits for so far: wait a little for company.
+                    Err(mpsc::error::TryRecvError::Empty) if !urgent => {
+                        tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten()
                     }
-                    Err(_) => break,
-                }
+                    Err(_) => None,
+                };
+                let Some(job) = next else { break };
+                urgent |= job.urgent;
+                count += job.entries.len();
+                jobs.push(job);
             }
             self.stats.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
             self.commit(jobs).await;

@@ -170,3 +170,38 @@ async fn store_failure_is_reported_to_the_caller() {
     handle.await.unwrap();
     assert!(f.verify().await.ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_entries_are_committed_without_holding_back_urgent_ones() {
+    let f = fixture_with(0).await;
+    let (writer, handle) =
+        AuditWriter::start(f.store.clone(), f.keys.clone(), f.dir.path().join(HEAD_FILE), FsyncPolicy::Off).await.unwrap();
+    let entry = |n: i64| Entry {
+        session_id: None,
+        kind: "request.result".into(),
+        payload: serde_json::json!({"n": n}),
+        session_change: None,
+    };
+    // Alone: committed once the short window has passed.
+    let seqs = writer.record_later(vec![entry(1)]).await.unwrap();
+    assert_eq!(seqs, vec![1]);
+    // An urgent entry is not held back by the window.
+    let started = std::time::Instant::now();
+    assert_eq!(writer.record_one(entry(2)).await.unwrap(), 2);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    // Many later entries from concurrent callers all get committed, each once.
+    let mut tasks = Vec::new();
+    for n in 0..50 {
+        let w = writer.clone();
+        tasks.push(tokio::spawn(async move { w.record_later(vec![entry(100 + n)]).await.unwrap()[0] }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (3..53).collect::<Vec<i64>>());
+    drop(writer);
+    handle.await.unwrap();
+    assert!(f.verify().await.ok);
+}

@@ -327,7 +327,7 @@ impl Pipeline for DataPath {
                 "bytes_out": result.bytes_out, "bytes_in": result.bytes_in}),
             session_change: None,
         };
-        if let Err(e) = self.app.audit.record_one(entry).await {
+        if let Err(e) = self.app.audit.record_later(vec![entry]).await {
             tracing::error!(session = %session.id, error = %e, "a request result could not be recorded");
         }
     }
