@@ -175,7 +175,9 @@ async fn store_failure_is_reported_to_the_caller() {
 async fn later_entries_are_committed_without_holding_back_urgent_ones() {
     let f = fixture_with(0).await;
     let (writer, handle) =
-        AuditWriter::start(f.store.clone(), f.keys.clone(), f.dir.path().join(HEAD_FILE), FsyncPolicy::Off).await.unwrap();
+        AuditWriter::start(f.store.clone(), f.keys.clone(), f.dir.path().join(HEAD_FILE), FsyncPolicy::Off)
+            .await
+            .unwrap();
     let entry = |n: i64| Entry {
         session_id: None,
         kind: "request.result".into(),

@@ -88,11 +88,15 @@ impl PolicyEngine {
 
     /// Validates `text` and makes it the current set. On error the current set is unchanged.
     pub fn set(&self, text: &str) -> Result<PolicySummary, PolicyError> {
-        let loaded = validate(text)?;
+        Ok(self.install(validate(text)?))
+    }
+
+    /// Makes an already validated set the current one.
+    pub fn install(&self, loaded: LoadedPolicies) -> PolicySummary {
         let summary = loaded.summary().clone();
         self.current.store(Arc::new(loaded));
         tracing::info!(policies = summary.policies.len(), "policy set replaced");
-        Ok(summary)
+        summary
     }
 
     /// The text of the current set.

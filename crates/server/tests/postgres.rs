@@ -249,6 +249,18 @@ fn refusals_at_connect_are_protocol_native_and_audited() {
     let outsider = f.gw.cli_ok(&["identities", "add", "outsider", "--groups", "nobody"]).unwrap();
     let out = f.psql("outsider", outsider.trim(), "pg", "SELECT 1;");
     assert!(stderr(&out).contains("permission denied to connect"), "{}", stderr(&out));
+    // The SQLSTATE of each refusal, as a driver sees it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (user, token, db, code) in [
+        ("app", "ghs_wrong", "pg", "28P01"),
+        ("someone-else", f.token.as_str(), "pg", "28P01"),
+        ("app", f.token.as_str(), "nosuch", "3D000"),
+        ("outsider", outsider.trim(), "pg", "42501"),
+    ] {
+        let url = format!("host=127.0.0.1 port={} dbname={db} user={user} password={token} sslmode=disable", f.port);
+        let e = rt.block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls)).err().expect("refused");
+        assert_eq!(sqlstate(&e), code, "{user}@{db}: {e}");
+    }
     let sessions: serde_json::Value =
         serde_json::from_str(&f.gw.cli_ok(&["sessions", "list", "--connection", "pg", "--json"]).unwrap()).unwrap();
     let refused = sessions

@@ -106,7 +106,7 @@ pub async fn set(
             })?;
             let ids: Vec<String> = loaded.summary().ids().into_iter().map(String::from).collect();
             let version = app.store.put_policy(&input.text, &caller.name, now).await?;
-            app.policy.set(&input.text).map_err(|e| ApiError::Internal(e.to_string()))?;
+            app.policy.install(loaded);
             Ok((version, ids))
         })
         .await?;
