@@ -22,6 +22,7 @@ missing=()
 command -v pgbench >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_config >/dev/null 2>&1 || missing+=(postgresql)
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Gatehouse's whole test suite on a fresh machine: installs what the tests need and is
-# missing (Debian packages with apt-get, cargo-nextest with cargo), then runs every test with
+# missing (Debian packages with apt-get, Python packages with pip, the OIDC provider with npm,
+# cargo-nextest with cargo), then runs every test with
 # cargo nextest. Tests start their own servers on loopback ports picked at run time; they do not
 # use services already running on the machine.
 set -euo pipefail
@@ -13,7 +14,8 @@ as_root() {
 packages=()
 command -v curl >/dev/null 2>&1 || packages+=(curl)
 command -v psql >/dev/null 2>&1 || packages+=(postgresql-client)
-if ! command -v pg_config >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+if ! command -v pgbench >/dev/null 2>&1 \
+    || { ! command -v pg_config >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }; then
     packages+=(postgresql)
 fi
 command -v runuser >/dev/null 2>&1 || packages+=(util-linux)
@@ -34,6 +36,12 @@ fi
 if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
     python3 -m pip install --quiet 'prometheus_client==0.26.0' \
         || python3 -m pip install --quiet --break-system-packages 'prometheus_client==0.26.0'
+fi
+
+# psycopg 3, a stock PostgreSQL driver the data-path tests drive the gateway with.
+if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'psycopg[binary]==3.3.9' \
+        || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]==3.3.9'
 fi
 
 # The OIDC provider the tests run (an npm package, pinned by its lockfile).

@@ -136,6 +136,8 @@ pub struct RequestResult {
     pub error: Option<String>,
     pub bytes_out: u64,
     pub bytes_in: u64,
+    /// The names of the result's columns, when it has rows.
+    pub columns: Vec<String>,
 }
 
 /// The enforcement pipeline as adapters see it.

@@ -65,6 +65,22 @@ impl ErrorFields {
     }
 }
 
+/// One column of a result, as a `RowDescription` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// The table the column comes from (0 when it is not a plain table column).
+    pub table_oid: u32,
+    /// Its attribute number in that table (0 when none).
+    pub column_number: i16,
+    pub type_oid: u32,
+    pub type_size: i16,
+    pub type_modifier: i32,
+    /// 0 text, 1 binary (always 0 in the answer to a `Describe` of a statement: the format is
+    /// chosen at `Bind`).
+    pub format: i16,
+}
+
 /// One message from the resource, kept as its complete original bytes (tag, length, body) so
 /// it can be forwarded unchanged. Accessors decode on demand and fail with
 /// [`WireError::UnexpectedTag`] on a frame of another type.
@@ -141,6 +157,41 @@ impl BackendFrame {
             [_, _, ..] => Err(WireError::Malformed { what: "DataRow", reason: "negative column count" }),
             _ => Err(WireError::Malformed { what: "DataRow", reason: "too short" }),
         }
+    }
+
+    /// The columns of a `RowDescription` (`'T'`), in order.
+    pub fn row_description(&self) -> Result<Vec<Column>, WireError> {
+        const WHAT: &str = "RowDescription";
+        let bad = |reason| WireError::Malformed { what: WHAT, reason };
+        self.expect(b'T')?;
+        let body = self.body();
+        let count = match body {
+            [hi, lo, ..] => i16::from_be_bytes([*hi, *lo]),
+            _ => return Err(bad("too short")),
+        };
+        let count = usize::try_from(count).map_err(|_| bad("negative column count"))?;
+        let mut rest = &body[2..];
+        let mut columns = Vec::with_capacity(count.min(1600));
+        for _ in 0..count {
+            let (name, after) = wire::split_cstr(rest).ok_or(bad("column name without NUL"))?;
+            let fixed: &[u8; 18] = after.get(..18).and_then(|f| f.try_into().ok()).ok_or(bad("truncated column"))?;
+            let u32_at = |i: usize| u32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
+            let i16_at = |i: usize| i16::from_be_bytes([fixed[i], fixed[i + 1]]);
+            columns.push(Column {
+                name: String::from_utf8_lossy(name).into_owned(),
+                table_oid: u32_at(0),
+                column_number: i16_at(4),
+                type_oid: u32_at(6),
+                type_size: i16_at(10),
+                type_modifier: i32::from_be_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]),
+                format: i16_at(16),
+            });
+            rest = &after[18..];
+        }
+        if !rest.is_empty() {
+            return Err(bad("bytes after the last column"));
+        }
+        Ok(columns)
     }
 
     /// The name and value of a `ParameterStatus` (`'S'`).

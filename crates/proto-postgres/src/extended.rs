@@ -2,10 +2,13 @@
 //! and what the resource still owes an answer for, in order.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::Column;
 use crate::session::StatementRequest;
 
 /// An answer the resource owes, in the order the messages were forwarded.
@@ -13,36 +16,136 @@ use crate::session::StatementRequest;
 pub(crate) enum Expect {
     Parse,
     Bind,
-    Describe,
+    /// A `Describe`; `own` when the gateway sent it itself (its answer is not relayed).
+    Describe {
+        target: Described,
+        own: bool,
+    },
     Close,
     Sync,
-    /// An `Execute`, with the recorded request it runs (`None` for a portal the gateway does
-    /// not know: the resource answers with its own error).
+    /// An `Execute`, with the recorded request it runs and the portal it runs (for the shape of
+    /// its rows).
     Execute {
         seq: Option<i64>,
         started: Instant,
         rows: u64,
         bytes: u64,
+        portal: Option<Arc<Portal>>,
     },
     /// A statement the gateway sent in place of a refused message so that the resource fails
     /// (and discards until `Sync`) at exactly that point: its error is replaced by this refusal.
     Injected(Bytes),
 }
 
+/// What a `Describe` describes.
+#[derive(Debug)]
+pub(crate) enum Described {
+    Statement(Arc<Prepared>),
+    Portal(Arc<Portal>),
+    /// A name the gateway does not know: the resource answers with its own error.
+    Unknown,
+}
+
+impl Described {
+    /// Keeps the answer (`None` for `NoData`) where later phases find it.
+    pub fn answered(&self, columns: Vec<Column>) {
+        let (slot, pending) = match self {
+            Described::Statement(p) => (&p.columns, &p.describing),
+            Described::Portal(p) => (&p.columns, &p.describing),
+            Described::Unknown => return,
+        };
+        *lock(slot) = Some(columns.into());
+        pending.store(false, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A statement prepared with `Parse`: its requests and, once described, its columns.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub requests: Vec<StatementRequest>,
+    /// Policy said "needs review" at `Parse`: decided again at `Bind`, with the values.
+    pub decide_at_bind: bool,
+    pub columns: Mutex<Option<Arc<[Column]>>>,
+    /// A `Describe` of it is on its way.
+    pub describing: AtomicBool,
+}
+
+impl Prepared {
+    pub fn new(requests: Vec<StatementRequest>, decide_at_bind: bool) -> Prepared {
+        Prepared { requests, decide_at_bind, columns: Mutex::new(None), describing: AtomicBool::new(false) }
+    }
+}
+
+/// A portal opened with `Bind`: its statement, parameter values, and result formats.
 #[derive(Debug)]
 pub(crate) struct Portal {
-    pub statement: String,
+    pub prepared: Arc<Prepared>,
     pub params: Vec<String>,
+    /// The result format codes as `Bind` gave them (none: all text; one: for every column).
+    pub formats: Vec<i16>,
+    pub columns: Mutex<Option<Arc<[Column]>>>,
+    pub describing: AtomicBool,
+}
+
+impl Portal {
+    pub fn new(prepared: Arc<Prepared>, params: Vec<String>, formats: Vec<i16>) -> Portal {
+        Portal { prepared, params, formats, columns: Mutex::new(None), describing: AtomicBool::new(false) }
+    }
+
+    /// The columns its rows have, in the formats it returns them: from a `Describe` of the
+    /// portal, else from one of its statement with the portal's formats applied.
+    pub fn columns(&self) -> Option<Arc<[Column]>> {
+        if let Some(c) = lock(&self.columns).clone() {
+            return Some(c);
+        }
+        let statement = lock(&self.prepared.columns).clone()?;
+        let formatted: Vec<Column> = statement
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let format = match self.formats.len() {
+                    0 => 0,
+                    1 => self.formats[0],
+                    _ => self.formats.get(i).copied().unwrap_or(0),
+                };
+                Column { format, ..c.clone() }
+            })
+            .collect();
+        Some(formatted.into())
+    }
+
+    /// Whether nothing tells the gateway yet what its rows look like: neither an answered nor
+    /// a pending `Describe` of the portal or of its statement.
+    pub fn shape_unknown(&self) -> bool {
+        lock(&self.columns).is_none()
+            && !self.describing.load(Ordering::Relaxed)
+            && lock(&self.prepared.columns).is_none()
+            && !self.prepared.describing.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Extended {
-    pub statements: HashMap<String, Vec<StatementRequest>>,
-    pub portals: HashMap<String, Portal>,
+    pub statements: HashMap<String, Arc<Prepared>>,
+    pub portals: HashMap<String, Arc<Portal>>,
     pub expects: VecDeque<Expect>,
     /// After a refusal: the caller's messages are dropped until its `Sync`, as the server does
     /// after an error.
     pub discarding: bool,
+}
+
+/// A `Bind` as the gateway reads it.
+#[derive(Debug)]
+pub(crate) struct BindMessage {
+    pub portal: String,
+    pub statement: String,
+    /// Each parameter as recorded (text when it is UTF-8, else hex; capped), `NULL` as `null`.
+    pub params: Vec<String>,
+    pub result_formats: Vec<i16>,
 }
 
 /// How much of each parameter value is recorded.
@@ -80,9 +183,8 @@ pub(crate) fn parse_message(body: &[u8]) -> Result<(String, String), String> {
     Ok((name, query))
 }
 
-/// `Bind`: portal, statement, and each parameter as recorded (text when it is UTF-8, else hex;
-/// capped), `NULL` as `null`.
-pub(crate) fn bind_message(body: &[u8]) -> Result<(String, String, Vec<String>), String> {
+/// `Bind`: portal, statement, parameters and result formats.
+pub(crate) fn bind_message(body: &[u8]) -> Result<BindMessage, String> {
     let mut at = 0;
     let portal = cstr(body, &mut at)?;
     let statement = cstr(body, &mut at)?;
@@ -134,7 +236,11 @@ pub(crate) fn bind_message(body: &[u8]) -> Result<(String, String, Vec<String>),
     if nresults < 0 || body.len() != at + 2 * nresults as usize {
         return Err("bad result format list".into());
     }
-    Ok((portal, statement, params))
+    let mut result_formats = Vec::with_capacity(nresults as usize);
+    for _ in 0..nresults {
+        result_formats.push(int16(body, &mut at)?);
+    }
+    Ok(BindMessage { portal, statement, params, result_formats })
 }
 
 /// `Execute`: the portal.
@@ -153,6 +259,17 @@ pub(crate) fn target_message(body: &[u8]) -> Result<(u8, String), String> {
     }
     let mut at = 1;
     Ok((kind, cstr(body, &mut at)?))
+}
+
+/// A `Describe` of a statement (`S`) or portal (`P`).
+pub(crate) fn describe_message(kind: u8, name: &str) -> Bytes {
+    let mut out = Vec::with_capacity(name.len() + 7);
+    out.push(b'D');
+    out.extend_from_slice(&((4 + 1 + name.len() + 1) as i32).to_be_bytes());
+    out.push(kind);
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    Bytes::from(out)
 }
 
 /// A `Parse` of text the server cannot parse: it fails where the refused message stood.
@@ -185,10 +302,12 @@ mod tests {
         body.extend_from_slice(&(-1i32).to_be_bytes());
         body.extend_from_slice(&2i32.to_be_bytes());
         body.extend_from_slice(&[0xff, 0x00]);
-        body.extend_from_slice(&0i16.to_be_bytes());
-        let (portal, statement, params) = bind_message(&body).unwrap();
-        assert_eq!((portal.as_str(), statement.as_str()), ("p1", "s1"));
-        assert_eq!(params, vec!["42".to_string(), "null".to_string(), "\\xff00".to_string()]);
+        body.extend_from_slice(&1i16.to_be_bytes());
+        body.extend_from_slice(&1i16.to_be_bytes());
+        let bind = bind_message(&body).unwrap();
+        assert_eq!((bind.portal.as_str(), bind.statement.as_str()), ("p1", "s1"));
+        assert_eq!(bind.params, vec!["42".to_string(), "null".to_string(), "\\xff00".to_string()]);
+        assert_eq!(bind.result_formats, vec![1]);
         assert!(bind_message(&body[..body.len() - 3]).is_err());
     }
 

@@ -28,7 +28,7 @@ mod tls;
 mod upstream;
 mod wire;
 
-pub use backend::{BackendFrame, ErrorFields, TransactionStatus, read_backend};
+pub use backend::{BackendFrame, Column, ErrorFields, TransactionStatus, read_backend};
 pub use classify::SqlStatements;
 pub use frontend::{
     CANCEL_REQUEST_CODE, FrontendMessage, GSSENC_REQUEST_CODE, MAX_STARTUP_LEN, ProtocolVersion, SSL_REQUEST_CODE,

@@ -127,6 +127,8 @@ struct InFlight {
     rows: u64,
     bytes: u64,
     error: Option<String>,
+    /// The columns of the current statement's rows.
+    columns: Vec<String>,
 }
 
 enum Step {
@@ -704,8 +706,31 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         Self::forward(up, &crate::extended::failing_parse()).await
     }
 
+    /// Records a request the gateway refuses before the resource sees it, and refuses it.
+    async fn refuse_recorded<U: AsyncWrite + Unpin>(
+        &mut self,
+        request: &Request,
+        adapter_reason: Option<&str>,
+        detail: Option<&str>,
+        phase: &str,
+        up: &mut U,
+    ) -> Result<(), String> {
+        let refusal = match self.pipeline.authorize(self.session, request).await {
+            Ok(v) => {
+                self.finish(v.seq, Some(format!("refused {phase}")), 0, None);
+                Self::refusal(&v.decision, adapter_reason, request.note.as_deref(), detail)
+            }
+            Err(e) => Self::unrecorded(&e),
+        };
+        self.refuse_extended(refusal, up).await
+    }
+
     async fn extended<U: AsyncWrite + Unpin>(&mut self, m: FrontendMessage, up: &mut U) -> Result<(), String> {
-        use crate::extended::{Expect, Portal, bind_message, execute_message, parse_message, target_message};
+        use crate::extended::{
+            Described, Expect, Portal, Prepared, bind_message, describe_message, execute_message, parse_message,
+            target_message,
+        };
+        use std::sync::atomic::Ordering;
         if self.ext.discarding {
             if m.tag() == b'S' {
                 self.ext.discarding = false;
@@ -726,53 +751,63 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                     }
                 };
                 let requests = self.statements.requests(&query, &self.session.connection, &self.search_path);
-                // Refused at Parse when policy already says no; decided and recorded again at
-                // each Execute, so a policy change in between applies.
+                // Refused at Parse when policy already says no; one that needs review is decided
+                // at Bind, with its values; each Execute is decided and recorded again, so a
+                // policy change in between applies.
+                let mut decide_at_bind = false;
                 for r in &requests {
                     let decision = self.pipeline.check(self.session, &r.request).await;
-                    if decision.outcome != Outcome::Allow || r.refuse.is_some() {
-                        let recorded = self.pipeline.authorize(self.session, &r.request).await;
-                        let refusal = match recorded {
-                            Ok(v) => {
-                                self.finish(v.seq, Some("refused at Parse".into()), 0, None);
-                                Self::refusal(&v.decision, r.refuse.as_deref(), r.request.note.as_deref(), None)
-                            }
-                            Err(e) => Self::unrecorded(&e),
-                        };
-                        return self.refuse_extended(refusal, up).await;
+                    match decision.outcome {
+                        Outcome::Allow if r.refuse.is_none() => {}
+                        Outcome::Review if r.refuse.is_none() => decide_at_bind = true,
+                        _ => return self.refuse_recorded(&r.request, r.refuse.as_deref(), None, "at Parse", up).await,
                     }
                 }
-                self.ext.statements.insert(name, requests);
+                self.ext.statements.insert(name, Arc::new(Prepared::new(requests, decide_at_bind)));
                 self.ext.expects.push_back(Expect::Parse);
                 Self::forward(up, m.raw()).await
             }
             b'B' => {
-                let (portal, statement, params) = bind_message(m.body()).map_err(malformed)?;
-                self.ext.portals.insert(portal, Portal { statement, params });
+                let bind = bind_message(m.body()).map_err(malformed)?;
+                let Some(prepared) = self.ext.statements.get(&bind.statement).cloned() else {
+                    // Unknown to the gateway: the resource answers with its own error, or, for a
+                    // statement prepared in SQL, the portal is refused at Execute.
+                    self.ext.portals.remove(&bind.portal);
+                    self.ext.expects.push_back(Expect::Bind);
+                    return Self::forward(up, m.raw()).await;
+                };
+                if prepared.decide_at_bind {
+                    for r in &prepared.requests {
+                        let mut request = r.request.clone();
+                        request.params = bind.params.clone();
+                        if self.pipeline.check(self.session, &request).await.outcome != Outcome::Allow {
+                            return self.refuse_recorded(&request, None, None, "at Bind", up).await;
+                        }
+                    }
+                }
+                let portal = Portal::new(prepared, bind.params, bind.result_formats);
+                self.ext.portals.insert(bind.portal, Arc::new(portal));
                 self.ext.expects.push_back(Expect::Bind);
                 Self::forward(up, m.raw()).await
             }
             b'E' => {
-                let portal = execute_message(m.body()).map_err(malformed)?;
-                let requests = self
-                    .ext
-                    .portals
-                    .get(&portal)
-                    .and_then(|p| self.ext.statements.get(&p.statement).map(|r| (r.clone(), p.params.clone())));
-                let Some((requests, params)) = requests else {
-                    // Unknown to the gateway: the resource answers with its own error.
-                    self.ext.expects.push_back(Expect::Execute {
-                        seq: None,
-                        started: Instant::now(),
-                        rows: 0,
-                        bytes: 0,
-                    });
-                    return Self::forward(up, m.raw()).await;
+                let name = execute_message(m.body()).map_err(malformed)?;
+                let Some(portal) = self.ext.portals.get(&name).cloned() else {
+                    let refusal = messages::error_response(
+                        Severity::Error,
+                        "42501",
+                        &format!(
+                            "permission denied: portal \"{name}\" was not opened by a Bind of a statement prepared through the gateway, so it cannot be decided"
+                        ),
+                        None,
+                        None,
+                    );
+                    return self.refuse_extended(refusal, up).await;
                 };
                 let mut seq = None;
-                for r in &requests {
+                for r in &portal.prepared.requests {
                     let mut request = r.request.clone();
-                    request.params = params.clone();
+                    request.params = portal.params.clone();
                     match self.pipeline.authorize(self.session, &request).await {
                         Ok(v) if v.decision.outcome == Outcome::Allow && r.refuse.is_none() => seq = Some(v.seq),
                         Ok(v) => {
@@ -787,12 +822,39 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                         }
                     }
                 }
-                self.ext.expects.push_back(Expect::Execute { seq, started: Instant::now(), rows: 0, bytes: 0 });
+                // Nothing tells what its rows look like: ask, so later phases know each column.
+                if portal.shape_unknown() {
+                    portal.describing.store(true, Ordering::Relaxed);
+                    Self::forward(up, &describe_message(b'P', &name)).await?;
+                    self.ext
+                        .expects
+                        .push_back(Expect::Describe { target: Described::Portal(portal.clone()), own: true });
+                }
+                self.ext.expects.push_back(Expect::Execute {
+                    seq,
+                    started: Instant::now(),
+                    rows: 0,
+                    bytes: 0,
+                    portal: Some(portal),
+                });
                 Self::forward(up, m.raw()).await
             }
             b'D' => {
-                target_message(m.body()).map_err(malformed)?;
-                self.ext.expects.push_back(Expect::Describe);
+                let (kind, name) = target_message(m.body()).map_err(malformed)?;
+                let target = if kind == b'S' {
+                    self.ext.statements.get(&name).map(|p| {
+                        p.describing.store(true, Ordering::Relaxed);
+                        Described::Statement(p.clone())
+                    })
+                } else {
+                    self.ext.portals.get(&name).map(|p| {
+                        p.describing.store(true, Ordering::Relaxed);
+                        Described::Portal(p.clone())
+                    })
+                };
+                self.ext
+                    .expects
+                    .push_back(Expect::Describe { target: target.unwrap_or(Described::Unknown), own: false });
                 Self::forward(up, m.raw()).await
             }
             b'C' => {
@@ -819,12 +881,16 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
     }
 
     fn finish_execute(&self, expect: crate::extended::Expect, command: Option<String>, error: Option<String>) {
-        if let crate::extended::Expect::Execute { seq: Some(seq), started, rows, bytes } = expect {
+        if let crate::extended::Expect::Execute { seq: Some(seq), started, rows, bytes, portal } = expect {
             let rows = command
                 .as_deref()
                 .and_then(|c| c.rsplit(' ').next())
                 .and_then(|n| n.parse::<u64>().ok())
                 .unwrap_or(rows);
+            let columns = portal
+                .and_then(|p| p.columns())
+                .map(|c| c.iter().map(|c| c.name.clone()).collect())
+                .unwrap_or_default();
             let result = RequestResult {
                 duration_ms: started.elapsed().as_secs_f64() * 1000.0,
                 rows: Some(rows),
@@ -832,6 +898,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 error,
                 bytes_out: bytes,
                 bytes_in: 0,
+                columns,
             };
             let pipeline = self.pipeline.clone();
             let session = self.session.clone();
@@ -849,12 +916,34 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             b'1' | b'2' | b'3' => {
                 self.ext.expects.pop_front();
             }
-            b'T' | b'n' if matches!(self.ext.expects.front(), Some(Expect::Describe)) => {
-                self.ext.expects.pop_front();
+            b't' if matches!(self.ext.expects.front(), Some(Expect::Describe { own: true, .. })) => return Ok(()),
+            b'T' | b'n' if matches!(self.ext.expects.front(), Some(Expect::Describe { .. })) => {
+                let columns = if frame.tag() == b'T' {
+                    match frame.row_description() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            self.fatal("08P01", "the resource sent a malformed row description").await;
+                            return Err(format!("malformed row description from the resource: {e}"));
+                        }
+                    }
+                } else {
+                    Vec::new()
+                };
+                if let Some(Expect::Describe { target, own }) = self.ext.expects.pop_front() {
+                    target.answered(columns);
+                    if own {
+                        return Ok(());
+                    }
+                }
             }
             b'D' => {
                 if let Some(Expect::Execute { rows, bytes, .. }) = self.ext.expects.front_mut() {
                     *rows += 1;
+                    *bytes += frame.raw().len() as u64;
+                }
+            }
+            b'd' => {
+                if let Some(Expect::Execute { bytes, .. }) = self.ext.expects.front_mut() {
                     *bytes += frame.raw().len() as u64;
                 }
             }
@@ -864,7 +953,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                     self.finish_execute(e, tag, None);
                 }
             }
-            b'G' => self.copy_in = true,
+            b'G' => self.start_copy_in(up).await?,
             b'E' => {
                 let failed = self.ext.expects.pop_front();
                 // The server now skips everything up to the next Sync.
@@ -902,6 +991,19 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         self.send_client(frame.raw()).await
     }
 
+    /// The resource asked for `COPY FROM STDIN` data: the caller's copy messages now go straight
+    /// through, including any that arrived early and wait in the queue.
+    async fn start_copy_in<U: AsyncWrite + Unpin>(&mut self, up: &mut U) -> Result<(), String> {
+        self.copy_in = true;
+        while self.copy_in && self.queued.front().is_some_and(|m| matches!(m.tag(), b'd' | b'c' | b'f')) {
+            if let Some(m) = self.queued.pop_front() {
+                self.copy_in = m.tag() == b'd';
+                Self::forward(up, m.raw()).await?;
+            }
+        }
+        up.flush().await.map_err(|e| format!("the resource connection was lost: {e}"))
+    }
+
     async fn query<U: AsyncWrite + Unpin>(&mut self, m: FrontendMessage, up: &mut U) -> Result<(), String> {
         let text = match m.query_text() {
             Ok(t) => t.to_string(),
@@ -913,8 +1015,15 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         let batch = self.statements.requests(&text, &self.session.connection, &self.search_path);
         if batch.is_empty() {
             // An empty query string: the resource answers EmptyQueryResponse.
-            self.in_flight =
-                Some(InFlight { seqs: vec![], done: 0, started: Instant::now(), rows: 0, bytes: 0, error: None });
+            self.in_flight = Some(InFlight {
+                seqs: vec![],
+                done: 0,
+                started: Instant::now(),
+                rows: 0,
+                bytes: 0,
+                error: None,
+                columns: vec![],
+            });
             return up.write_all(m.raw()).await.map_err(|e| format!("the resource connection was lost: {e}"));
         }
         let mut verdicts = Vec::with_capacity(batch.len());
@@ -965,6 +1074,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             rows: 0,
             bytes: 0,
             error: None,
+            columns: vec![],
         });
         up.write_all(m.raw()).await.map_err(|e| format!("the resource connection was lost: {e}"))?;
         up.flush().await.map_err(|e| format!("the resource connection was lost: {e}"))
@@ -1020,6 +1130,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 error: error.clone(),
                 bytes_out: f.bytes,
                 bytes_in: 0,
+                columns: std::mem::take(&mut f.columns),
             };
             let pipeline = self.pipeline.clone();
             let session = self.session.clone();
@@ -1070,11 +1181,22 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 self.statement_done(tag, None);
             }
             b'I' => self.statement_done(None, None),
+            b'd' => {
+                if let Some(f) = self.in_flight.as_mut() {
+                    f.bytes += frame.raw().len() as u64;
+                }
+            }
+            b'T' => {
+                if let Some(f) = self.in_flight.as_mut() {
+                    f.columns =
+                        frame.row_description().map(|c| c.into_iter().map(|c| c.name).collect()).unwrap_or_default();
+                }
+            }
             b'E' if self.in_flight.is_some() => {
                 let e = frame.error_fields().map(|f| format!("{}: {}", f.code, f.message)).unwrap_or_default();
                 self.statement_done(None, Some(e));
             }
-            b'G' => self.copy_in = true,
+            b'G' => self.start_copy_in(up).await?,
             _ => {}
         }
         self.send_client(frame.raw()).await?;

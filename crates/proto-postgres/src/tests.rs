@@ -411,3 +411,82 @@ fn malformed_backend_bodies_are_errors() {
     // Only S (localised) severity: used as the severity.
     assert_eq!(frame(b'N', b"SNOTICE\0Mhi\0\0").error_fields().unwrap().severity, "NOTICE");
 }
+
+fn row_description_frame(columns: &[(&str, u32, i16)]) -> BackendFrame {
+    let mut body = (columns.len() as i16).to_be_bytes().to_vec();
+    for (name, type_oid, format) in columns {
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(&16384u32.to_be_bytes());
+        body.extend_from_slice(&2i16.to_be_bytes());
+        body.extend_from_slice(&type_oid.to_be_bytes());
+        body.extend_from_slice(&(-1i16).to_be_bytes());
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        body.extend_from_slice(&format.to_be_bytes());
+    }
+    let mut raw = vec![b'T'];
+    raw.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    raw.extend_from_slice(&body);
+    BackendFrame::from_raw(Bytes::from(raw)).unwrap()
+}
+
+#[test]
+fn row_descriptions_parse_and_malformed_ones_are_errors() {
+    let f = row_description_frame(&[("id", 23, 0), ("émail", 25, 1)]);
+    let columns = f.row_description().unwrap();
+    assert_eq!(columns.len(), 2);
+    assert_eq!(
+        columns[1],
+        crate::Column {
+            name: "émail".into(),
+            table_oid: 16384,
+            column_number: 2,
+            type_oid: 25,
+            type_size: -1,
+            type_modifier: -1,
+            format: 1
+        }
+    );
+    assert!(row_description_frame(&[]).row_description().unwrap().is_empty());
+    // Every truncation of a valid body, a negative count and trailing bytes are refused.
+    let raw = f.raw().clone();
+    for cut in 7..raw.len() {
+        let mut short = raw[..cut].to_vec();
+        let len = (cut - 1) as i32;
+        short[1..5].copy_from_slice(&len.to_be_bytes());
+        let frame = BackendFrame::from_raw(Bytes::from(short)).unwrap();
+        assert!(frame.row_description().is_err(), "cut at {cut}");
+    }
+    let mut negative = raw.to_vec();
+    negative[5..7].copy_from_slice(&(-1i16).to_be_bytes());
+    assert!(BackendFrame::from_raw(Bytes::from(negative)).unwrap().row_description().is_err());
+    let mut trailing = raw.to_vec();
+    trailing.push(0);
+    let len = (trailing.len() - 1) as i32;
+    trailing[1..5].copy_from_slice(&len.to_be_bytes());
+    assert!(BackendFrame::from_raw(Bytes::from(trailing)).unwrap().row_description().is_err());
+    assert!(matches!(f.command_tag(), Err(WireError::UnexpectedTag { .. })));
+}
+
+#[test]
+fn a_portal_knows_its_columns_in_the_formats_bind_chose() {
+    use crate::extended::{Described, Portal, Prepared};
+    use std::sync::Arc;
+    let prepared = Arc::new(Prepared::new(vec![], false));
+    let described = row_description_frame(&[("a", 23, 0), ("b", 25, 0), ("c", 17, 0)]).row_description().unwrap();
+    let formats = |portal: &Portal| portal.columns().map(|c| c.iter().map(|c| c.format).collect::<Vec<_>>());
+    let all_binary = Portal::new(prepared.clone(), vec![], vec![1]);
+    let each = Portal::new(prepared.clone(), vec![], vec![0, 1, 0]);
+    let text = Portal::new(prepared.clone(), vec![], vec![]);
+    assert!(all_binary.shape_unknown());
+    assert_eq!(formats(&all_binary), None);
+    Described::Statement(prepared.clone()).answered(described);
+    assert!(!all_binary.shape_unknown());
+    assert_eq!(formats(&all_binary), Some(vec![1, 1, 1]));
+    assert_eq!(formats(&each), Some(vec![0, 1, 0]));
+    assert_eq!(formats(&text), Some(vec![0, 0, 0]));
+    // A Describe of the portal itself wins over its statement's.
+    let own = Arc::new(Portal::new(prepared, vec![], vec![]));
+    Described::Portal(own.clone()).answered(row_description_frame(&[("x", 23, 1)]).row_description().unwrap());
+    assert_eq!(own.columns().unwrap()[0].name, "x");
+}

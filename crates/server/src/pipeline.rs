@@ -319,12 +319,16 @@ impl Pipeline for DataPath {
     }
 
     async fn finish(&self, session: &OpenedSession, seq: i64, result: RequestResult) {
+        let mut payload = json!({"request_seq": seq, "status": if result.error.is_some() { "error" } else { "ok" },
+            "duration_ms": result.duration_ms, "rows": result.rows, "command": result.command, "error": result.error,
+            "bytes_out": result.bytes_out, "bytes_in": result.bytes_in});
+        if !result.columns.is_empty() {
+            payload["columns"] = json!(result.columns);
+        }
         let entry = Entry {
             session_id: Some(session.id.clone()),
             kind: "request.result".into(),
-            payload: json!({"request_seq": seq, "status": if result.error.is_some() { "error" } else { "ok" },
-                "duration_ms": result.duration_ms, "rows": result.rows, "command": result.command, "error": result.error,
-                "bytes_out": result.bytes_out, "bytes_in": result.bytes_in}),
+            payload,
             session_change: None,
         };
         if let Err(e) = self.app.audit.record_later(vec![entry]).await {

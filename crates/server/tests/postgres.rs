@@ -3,165 +3,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod pg;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use gatehouse_testkit::Postgres;
-
-const POLICIES: &str = r#"
-@id("apps-connect")
-permit (principal in Group::"apps", action == Action::"connect", resource == Connection::"pg");
-
-@id("apps-read")
-permit (principal in Group::"apps", action == Action::"sql.select", resource in Connection::"pg");
-
-@id("apps-write-orders")
-permit (principal in Group::"apps", action in [Action::"sql.insert", Action::"sql.update"], resource == Table::"pg/public.orders");
-
-@id("apps-scratch-ddl")
-permit (principal in Group::"apps", action == Action::"sql.ddl", resource == Table::"pg/public.scratch");
-
-@id("apps-delete-orders-locally")
-permit (principal in Group::"apps", action == Action::"sql.delete", resource == Table::"pg/public.orders")
-when { context has client_ip && context.client_ip.isLoopback() };
-
-@id("no-unbounded-deletes")
-forbid (principal, action == Action::"sql.delete", resource)
-when { context has has_where && !context.has_where };
-
-@id("no-secrets")
-forbid (principal, action, resource == Table::"pg/public.secrets");
-"#;
-
-struct Fixture {
-    pg: Postgres,
-    gw: Gateway,
-    port: u16,
-    token: String,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        Fixture::with_env(&[])
-    }
-
-    fn with_env(env: &[(&str, &str)]) -> Fixture {
-        let pg = Postgres::start().unwrap();
-        pg.psql(
-            "postgres",
-            "CREATE TABLE public.orders (id int PRIMARY KEY, item text, price numeric(10,2), shipped date, tags text[], meta jsonb);
-             INSERT INTO public.orders VALUES (1, 'lamp', 19.90, '2026-01-02', '{a,b}', '{\"k\": 1}'), (2, NULL, NULL, NULL, NULL, NULL);
-             CREATE TABLE public.secrets (id int, value text);
-             INSERT INTO public.secrets VALUES (1, 'top secret');
-             CREATE FUNCTION public.my_func() RETURNS int LANGUAGE sql AS 'SELECT 42';",
-        )
-        .unwrap();
-        let port = gatehouse_testkit::common::net::pick_free_port().unwrap();
-        let listen = format!("127.0.0.1:{port}");
-        let mut all = vec![("GATEHOUSE_LISTEN_POSTGRES", listen.as_str()), ("GATEHOUSE_POSTGRES_AUTH_TIMEOUT", "2s")];
-        all.extend_from_slice(env);
-        let gw = Gateway::start_with(bin(), &all).unwrap();
-        let out = gw
-            .client()
-            .env("GATEHOUSE_TOKEN", gw.admin_token())
-            .env("PGPW", pg.superuser_password())
-            .args(["connections", "add", "pg", "--type", "postgres", "--host", "127.0.0.1", "--port"])
-            .arg(pg.port().to_string())
-            .args(["--database", "postgres", "--user", pg.superuser(), "--password-env", "PGPW", "--tls", "disable"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        let token = gw.cli_ok(&["identities", "add", "app", "--groups", "apps"]).unwrap().trim().to_string();
-        let f = Fixture { pg, gw, port, token };
-        f.policies(POLICIES);
-        f
-    }
-
-    fn policies(&self, text: &str) {
-        let file = self.gw.data_dir().join("pg.cedar");
-        std::fs::write(&file, text).unwrap();
-        self.gw.cli_ok(&["policies", "set", file.to_str().unwrap()]).unwrap();
-    }
-
-    /// Runs psql through the gateway with a script on standard input.
-    fn psql(&self, user: &str, token: &str, db: &str, script: &str) -> Output {
-        let mut child = Command::new("psql")
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=0"])
-            .arg(format!("host=127.0.0.1 port={} dbname={db} user={user} sslmode=disable", self.port))
-            .env("PGPASSWORD", token)
-            .env_remove("PGSERVICE")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    fn app(&self, script: &str) -> Output {
-        self.psql("app", &self.token, "pg", script)
-    }
-
-    /// `psql -c`: the whole string goes to the server as one Query message (one batch).
-    fn app_batch(&self, sql: &str) -> Output {
-        Command::new("psql")
-            .args(["-X", "-A", "-t", "-c", sql])
-            .arg(format!("host=127.0.0.1 port={} dbname=pg user=app sslmode=disable", self.port))
-            .env("PGPASSWORD", &self.token)
-            .output()
-            .unwrap()
-    }
-
-    fn direct(&self, sql: &str) -> String {
-        self.pg.psql("postgres", sql).unwrap()
-    }
-
-    fn url(&self, token: &str) -> String {
-        format!("host=127.0.0.1 port={} dbname=pg user=app password={token} sslmode=disable", self.port)
-    }
-}
-
-async fn client(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
-fn rows(out: &Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>) -> Vec<Vec<Option<String>>> {
-    out.as_ref()
-        .unwrap()
-        .iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(String::from)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-/// Whether the session ends within a few seconds: its statements start failing. (The end is
-/// delivered asynchronously, so a statement sent in the same instant may still run.)
-async fn ends(c: &tokio_postgres::Client) -> bool {
-    for _ in 0..50 {
-        if c.simple_query("SELECT 1").await.is_err() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
-fn sqlstate(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| format!("not a server error: {e}"))
-}
+use pg::*;
 
 #[test]
 fn psql_results_match_a_direct_connection() {
@@ -395,36 +246,7 @@ fn bad_input_closes_only_its_own_connection() {
     s.write_all(&[0x40, 0, 0, 0, 0, 3, 0, 0]).unwrap();
     let answer = expect_closed(s);
     assert!(answer.is_empty() || answer[0] == b'E', "{answer:?}");
-    let mut s = TcpStream::connect(&addr).unwrap();
-    let mut startup = vec![0, 3, 0, 0];
-    for kv in ["user", "app", "database", "pg"] {
-        startup.extend_from_slice(kv.as_bytes());
-        startup.push(0);
-    }
-    startup.push(0);
-    let mut packet = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&startup);
-    s.write_all(&packet).unwrap();
-    let mut auth = [0u8; 9];
-    s.read_exact(&mut auth).unwrap();
-    assert_eq!(auth[0], b'R', "asked for a password");
-    let mut pw = vec![b'p'];
-    pw.extend_from_slice(&((f.token.len() + 5) as i32).to_be_bytes());
-    pw.extend_from_slice(f.token.as_bytes());
-    pw.push(0);
-    s.write_all(&pw).unwrap();
-    // Read until ReadyForQuery.
-    loop {
-        let mut head = [0u8; 5];
-        s.read_exact(&mut head).unwrap();
-        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut body = vec![0u8; len - 4];
-        s.read_exact(&mut body).unwrap();
-        if head[0] == b'Z' {
-            break;
-        }
-        assert_ne!(head[0], b'E', "{}", String::from_utf8_lossy(&body));
-    }
+    let mut s = Raw::login(f.port, "app", "pg", &f.token).stream;
     s.write_all(&[b'Q', 0x40, 0, 0, 0]).unwrap();
     let answer = expect_closed(s);
     assert_eq!(answer.first(), Some(&b'E'), "a protocol-native error: {answer:?}");
