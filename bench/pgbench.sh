@@ -8,6 +8,7 @@
 #   bench/pgbench.sh                    # defaults: CLIENTS="1 16" DURATION=5 RUNS=3 SCALE=10
 #   CLIENTS="1 4 16" DURATION=10 bench/pgbench.sh
 #   FSYNC=off bench/pgbench.sh          # [audit] fsync: batch (default) or off
+#   PROFILE=1 bench/pgbench.sh          # then profile Gatehouse (perf) under 1-client pgbench -S
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,7 +90,8 @@ wait_port "$BOUNCER_PORT"
 echo "== Gatehouse on $GW_PORT (recording on, [audit] fsync = $FSYNC)"
 env -u GATEHOUSE_TOKEN -u GATEHOUSE_SERVER GATEHOUSE_LISTEN_API="127.0.0.1:$API_PORT" GATEHOUSE_LISTEN_POSTGRES="127.0.0.1:$GW_PORT" \
     GATEHOUSE_LOG_LEVEL=warn GATEHOUSE_AUDIT_FSYNC="$FSYNC" "$GATEHOUSE" serve --data-dir "$TMP/gw" >"$TMP/gatehouse.log" 2>&1 &
-pids+=($!)
+GW_PID=$!
+pids+=("$GW_PID")
 wait_port "$GW_PORT"
 for _ in $(seq 1 100); do [ -s "$TMP/gw/admin.token" ] && break; sleep 0.05; done
 export GATEHOUSE_SERVER="http://127.0.0.1:$API_PORT" GATEHOUSE_TOKEN
@@ -147,3 +149,17 @@ printf '%s\n' "${results[@]}"
 events=$("$GATEHOUSE" audit verify 2>&1 || true)
 echo
 echo "audit trail after the run: $events"
+
+if [ -n "${PROFILE:-}" ]; then
+    command -v perf >/dev/null 2>&1 || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-perf
+    echo
+    echo "== where Gatehouse spends its CPU under pgbench -S -M simple -c 1 (perf, self time)"
+    perf record -q -F 4999 -g -o "$TMP/perf.data" -p "$GW_PID" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
+    perf_pid=$!
+    run_one simple 1 gatehouse | awk '/^tps = / {print "tps while profiling: " $3}'
+    wait "$perf_pid" || { echo "perf failed:"; cat "$TMP/perf.log"; }
+    echo "-- by thread"
+    perf report -i "$TMP/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12 || true
+    echo "-- by function"
+    perf report -i "$TMP/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -45 || true
+fi

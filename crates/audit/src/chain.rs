@@ -54,6 +54,8 @@ pub fn read_head(path: &Path) -> Result<Option<ChainHead>, String> {
 #[derive(Debug)]
 pub struct HeadFile {
     file: std::fs::File,
+    /// The file has its fixed length already.
+    sized: bool,
 }
 
 /// Every head record is padded to this many bytes (JSON, then spaces, then a newline).
@@ -68,25 +70,31 @@ impl HeadFile {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        Ok(HeadFile { file: options.open(path)? })
+        Ok(HeadFile { file: options.open(path)?, sized: false })
     }
 
-    /// Writes `head`; with `fsync`, also forces it to disk.
-    pub fn write(&mut self, head: &ChainHead, fsync: bool) -> std::io::Result<()> {
-        use std::io::{Seek, SeekFrom};
+    /// Another handle on the same file (to force it to disk from another thread).
+    pub fn try_clone_file(&self) -> std::io::Result<std::fs::File> {
+        self.file.try_clone()
+    }
+
+    /// Writes `head` in place (it reaches the disk when the OS writes it back or the file is
+    /// forced to disk).
+    pub fn write(&mut self, head: &ChainHead) -> std::io::Result<()> {
         let mut record = serde_json::to_string(head).map_err(std::io::Error::other)?;
         if record.len() >= HEAD_RECORD {
             return Err(std::io::Error::other("chain head record too long"));
         }
         record.extend(std::iter::repeat_n(' ', HEAD_RECORD - 1 - record.len()));
         record.push('\n');
+        use std::io::{Seek, SeekFrom};
         self.file.seek(SeekFrom::Start(0))?;
         self.file.write_all(record.as_bytes())?;
-        if self.file.metadata()?.len() != HEAD_RECORD as u64 {
-            self.file.set_len(HEAD_RECORD as u64)?;
-        }
-        if fsync {
-            self.file.sync_data()?;
+        if !self.sized {
+            if self.file.metadata()?.len() != HEAD_RECORD as u64 {
+                self.file.set_len(HEAD_RECORD as u64)?;
+            }
+            self.sized = true;
         }
         Ok(())
     }

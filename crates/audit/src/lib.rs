@@ -14,7 +14,7 @@ mod writer;
 
 pub use chain::{ChainHead, HEAD_FILE, HeadFile, chain_mac, read_head};
 pub use verify::{VerifyReport, verify, verify_with_head};
-pub use writer::{AuditWriter, CommitObserver, Entry, FsyncPolicy, WriterStats, session_record};
+pub use writer::{AuditWriter, CommitObserver, Entry, FSYNC_INTERVAL, FsyncPolicy, WriterStats, session_record};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

@@ -15,15 +15,22 @@ const MAX_BATCH: usize = 4096;
 /// Requests waiting for the writer before new ones are turned away.
 const QUEUE: usize = 65_536;
 
-/// How often committed events are also forced to disk.
+/// How often committed events are also forced to disk. Either way, callers proceed once their
+/// events are committed to the store's log (they survive the gateway being killed); forcing to
+/// disk is what makes them survive an OS crash or a power cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
-    /// Every batch is forced to disk before its callers proceed (the default).
-    EveryBatch,
-    /// Events are committed to the store's log (they survive the gateway being killed) and
-    /// reach the disk when the operating system writes them back.
+    /// After each batch, the store's log and the chain head are forced to disk by a thread of
+    /// their own, at most once per interval: a batch is on disk within about one interval of
+    /// its commit, and no caller waits for the disk. If forcing fails, the writer refuses new
+    /// events (fail closed).
+    Interval(std::time::Duration),
+    /// Left to the operating system's write-back.
     Off,
 }
+
+/// The default interval of [`FsyncPolicy::Interval`].
+pub const FSYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// One event to record. `payload` must be a JSON object; it is stored exactly as serialised.
 #[derive(Debug, Clone)]
@@ -118,6 +125,17 @@ pub struct WriterStats {
     pub events: AtomicU64,
     pub failures: AtomicU64,
     pub last_commit_micros: AtomicU64,
+    /// Times the store's log and the chain head were forced to disk.
+    pub syncs: AtomicU64,
+    /// Why forcing them to disk failed, once it has: no event is recorded after that.
+    fsync_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl WriterStats {
+    /// Why forcing the audit trail to disk failed, if it has (the writer refuses events since).
+    pub fn fsync_failure(&self) -> Option<String> {
+        self.fsync_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
 }
 
 /// The single writer of the audit trail. Cloning shares the same writer.
@@ -169,7 +187,16 @@ impl AuditWriter {
         let stats = Arc::new(WriterStats::default());
         let head_file = HeadFile::open(&head_path)
             .map_err(|e| AuditError::Unavailable(format!("cannot open the chain head {}: {e}", head_path.display())))?;
-        let task = Task { store, keys, head_file, fsync, seq, prev, stats: stats.clone(), observer };
+        let syncer = match fsync {
+            FsyncPolicy::Interval(every) => {
+                let head = head_file
+                    .try_clone_file()
+                    .map_err(|e| AuditError::Unavailable(format!("cannot open the chain head: {e}")))?;
+                Some(Syncer::start(store.log_files(), head, every, stats.clone())?)
+            }
+            FsyncPolicy::Off => None,
+        };
+        let task = Task { store, keys, head_file, syncer, seq, prev, stats: stats.clone(), observer };
         let handle = tokio::spawn(task.run(rx));
         Ok((AuditWriter { tx, stats }, handle))
     }
@@ -212,7 +239,7 @@ struct Task {
     store: Arc<dyn Store>,
     keys: Arc<Keys>,
     head_file: HeadFile,
-    fsync: FsyncPolicy,
+    syncer: Option<Syncer>,
     seq: i64,
     prev: Vec<u8>,
     stats: Arc<WriterStats>,
@@ -248,6 +275,15 @@ impl Task {
 
     async fn commit(&mut self, jobs: Vec<Job>) {
         let started = Instant::now();
+        if let Some(e) = self.syncer.as_ref().and_then(Syncer::failure) {
+            // What was committed may not reach the disk: record nothing more (fail closed).
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            let e = AuditError::Unavailable(format!("the audit trail cannot be forced to disk: {e}"));
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            return;
+        }
         let mut batch = AuditBatch::default();
         let mut seqs: Vec<Vec<i64>> = Vec::with_capacity(jobs.len());
         let (mut seq, mut prev) = (self.seq, self.prev.clone());
@@ -280,9 +316,14 @@ impl Task {
                 self.seq = seq;
                 self.prev = prev;
                 let head = ChainHead { seq, mac: hex::encode(&self.prev) };
-                self.head_file
-                    .write(&head, self.fsync == FsyncPolicy::EveryBatch)
-                    .map_err(|e| AuditError::Unavailable(format!("cannot write the chain head: {e}")))
+                let written = self
+                    .head_file
+                    .write(&head)
+                    .map_err(|e| AuditError::Unavailable(format!("cannot write the chain head: {e}")));
+                if let Some(syncer) = &self.syncer {
+                    syncer.committed();
+                }
+                written
             }
             Err(e) => {
                 // Resynchronise with what the store really holds before the next batch.
@@ -314,5 +355,114 @@ impl Task {
         for (job, mine) in jobs.into_iter().zip(seqs) {
             let _ = job.reply.send(result.clone().map(|()| mine));
         }
+    }
+}
+
+/// Forces the store's log and the chain head to disk after commits, at most once per interval,
+/// on a thread of its own so that no caller waits for the disk.
+struct Syncer {
+    tx: std::sync::mpsc::SyncSender<()>,
+    stats: Arc<WriterStats>,
+}
+
+impl Syncer {
+    fn start(
+        files: Vec<PathBuf>,
+        head: std::fs::File,
+        every: std::time::Duration,
+        stats: Arc<WriterStats>,
+    ) -> Result<Syncer, AuditError> {
+        // One pending signal is enough: a sync that has not started yet covers every commit
+        // before it.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let shared = stats.clone();
+        std::thread::Builder::new()
+            .name("audit-fsync".into())
+            .spawn(move || {
+                let mut last: Option<Instant> = None;
+                while rx.recv().is_ok() {
+                    if let Some(wait) = last.and_then(|l| every.checked_sub(l.elapsed())) {
+                        std::thread::sleep(wait);
+                    }
+                    // Signals that arrived meanwhile are covered by this sync.
+                    while rx.try_recv().is_ok() {}
+                    last = Some(Instant::now());
+                    let result = files
+                        .iter()
+                        .try_for_each(|f| match std::fs::File::open(f) {
+                            Ok(file) => file.sync_data(),
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                            Err(e) => Err(e),
+                        })
+                        .and_then(|()| head.sync_data());
+                    match result {
+                        Ok(()) => {
+                            stats.syncs.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the audit trail could not be forced to disk; new requests are refused");
+                            *stats.fsync_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| AuditError::Unavailable(format!("cannot start the audit fsync thread: {e}")))?;
+        Ok(Syncer { tx, stats: shared })
+    }
+
+    /// A batch was committed: force it to disk soon.
+    fn committed(&self) {
+        let _ = self.tx.try_send(());
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.stats.fsync_failure()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn wait_for(what: impl Fn() -> bool) -> bool {
+        for _ in 0..200 {
+            if what() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn the_syncer_forces_commits_to_disk_and_reports_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        std::fs::write(&log, b"x").unwrap();
+        let head = std::fs::File::create(dir.path().join("head")).unwrap();
+        let stats = Arc::new(WriterStats::default());
+        // A log file that does not exist yet is nothing to force.
+        let files = vec![log, dir.path().join("not-yet")];
+        let syncer = Syncer::start(files, head.try_clone().unwrap(), FSYNC_INTERVAL, stats.clone()).unwrap();
+        assert_eq!(stats.syncs.load(Ordering::Relaxed), 0, "nothing committed, nothing forced");
+        syncer.committed();
+        assert!(wait_for(|| stats.syncs.load(Ordering::Relaxed) == 1));
+        // Commits in quick succession share syncs, at most one per interval.
+        for _ in 0..100 {
+            syncer.committed();
+        }
+        assert!(wait_for(|| stats.syncs.load(Ordering::Relaxed) >= 2));
+        assert!(stats.syncs.load(Ordering::Relaxed) <= 3, "{}", stats.syncs.load(Ordering::Relaxed));
+        assert_eq!(syncer.failure(), None);
+        // A log that cannot be opened (its parent is a file): the failure is kept for the writer.
+        let broken = vec![dir.path().join("head").join("wal")];
+        let stats = Arc::new(WriterStats::default());
+        let syncer = Syncer::start(broken, head, FSYNC_INTERVAL, stats.clone()).unwrap();
+        syncer.committed();
+        assert!(wait_for(|| stats.fsync_failure().is_some()));
+        assert_eq!(syncer.failure(), stats.fsync_failure());
     }
 }

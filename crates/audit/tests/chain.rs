@@ -16,10 +16,14 @@ async fn fixture_with(n: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("gatehouse.db"), false).unwrap());
     let keys = Arc::new(Keys::from_master(&[3u8; 32]).unwrap());
-    let (writer, handle) =
-        AuditWriter::start(store.clone(), keys.clone(), dir.path().join(HEAD_FILE), FsyncPolicy::EveryBatch)
-            .await
-            .unwrap();
+    let (writer, handle) = AuditWriter::start(
+        store.clone(),
+        keys.clone(),
+        dir.path().join(HEAD_FILE),
+        FsyncPolicy::Interval(gatehouse_audit::FSYNC_INTERVAL),
+    )
+    .await
+    .unwrap();
     // Concurrent callers share commits; every one gets its own sequence number.
     let mut tasks = Vec::new();
     for i in 0..n {

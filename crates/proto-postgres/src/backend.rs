@@ -272,3 +272,8 @@ fn parse_error_fields(mut body: &[u8]) -> Result<ErrorFields, WireError> {
 pub async fn read_backend<R: AsyncRead + Unpin>(stream: &mut R, max_len: usize) -> Result<BackendFrame, WireError> {
     Ok(BackendFrame { raw: wire::read_frame(stream, max_len).await? })
 }
+
+/// [`read_backend`] through a [`FrameReader`](crate::FrameReader) (cancel-safe).
+pub async fn next_backend<R: AsyncRead + Unpin>(reader: &mut wire::FrameReader<R>) -> Result<BackendFrame, WireError> {
+    Ok(BackendFrame { raw: reader.next().await? })
+}

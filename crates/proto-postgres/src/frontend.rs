@@ -236,3 +236,10 @@ impl fmt::Debug for FrontendMessage {
 pub async fn read_message<R: AsyncRead + Unpin>(stream: &mut R, max_len: usize) -> Result<FrontendMessage, WireError> {
     Ok(FrontendMessage { raw: wire::read_frame(stream, max_len).await? })
 }
+
+/// [`read_message`] through a [`FrameReader`](crate::FrameReader) (cancel-safe).
+pub async fn next_message<R: AsyncRead + Unpin>(
+    reader: &mut wire::FrameReader<R>,
+) -> Result<FrontendMessage, WireError> {
+    Ok(FrontendMessage { raw: reader.next().await? })
+}

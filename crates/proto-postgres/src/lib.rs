@@ -28,18 +28,18 @@ mod tls;
 mod upstream;
 mod wire;
 
-pub use backend::{BackendFrame, Column, ErrorFields, TransactionStatus, read_backend};
+pub use backend::{BackendFrame, Column, ErrorFields, TransactionStatus, next_backend, read_backend};
 pub use classify::SqlStatements;
 pub use frontend::{
     CANCEL_REQUEST_CODE, FrontendMessage, GSSENC_REQUEST_CODE, MAX_STARTUP_LEN, ProtocolVersion, SSL_REQUEST_CODE,
-    Startup, read_message, read_startup,
+    Startup, next_message, read_message, read_startup,
 };
 pub use session::{ListenerConfig, StatementRequest, Statements, serve};
 pub use upstream::{
     AuthMethod, BackendKey, CancelToken, TlsMode, Upstream, UpstreamConfig, UpstreamError, UpstreamStream, connect,
     send_cancel,
 };
-pub use wire::WireError;
+pub use wire::{FrameReader, WireError};
 
 #[cfg(test)]
 mod tests;

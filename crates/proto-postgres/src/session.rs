@@ -11,14 +11,14 @@ use bytes::Bytes;
 use gatehouse_core::pipeline::{OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult};
 use gatehouse_core::{Decision, Outcome};
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::messages::{self, Severity};
 use crate::{
-    BackendFrame, CancelToken, FrontendMessage, Startup, TlsMode, TransactionStatus, Upstream, UpstreamConfig,
-    UpstreamError, WireError, read_backend, read_message, read_startup,
+    BackendFrame, CancelToken, FrameReader, FrontendMessage, Startup, TlsMode, TransactionStatus, Upstream,
+    UpstreamConfig, UpstreamError, WireError, next_backend, next_message, read_backend, read_message, read_startup,
 };
 
 /// Startup parameters passed on to the resource; everything else (`options`, `search_path`,
@@ -525,30 +525,9 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         config: &ListenerConfig,
     ) -> String {
         let (up_read, mut up_write) = tokio::io::split(upstream.into_stream());
-        let (client_tx, mut client_rx) = mpsc::channel(16);
-        let max = config.max_message;
-        let client_task = tokio::spawn(async move {
-            let mut reader = BufReader::new(client_read);
-            loop {
-                let m = read_message(&mut reader, max).await;
-                let stop = m.is_err();
-                if client_tx.send(m).await.is_err() || stop {
-                    break;
-                }
-            }
-        });
-        let (up_tx, mut up_rx) = mpsc::channel(64);
-        let max_backend = config.max_backend_message;
-        let up_task = tokio::spawn(async move {
-            let mut reader = BufReader::with_capacity(64 * 1024, up_read);
-            loop {
-                let f = read_backend(&mut reader, max_backend).await;
-                let stop = f.is_err();
-                if up_tx.send(f).await.is_err() || stop {
-                    break;
-                }
-            }
-        });
+        // One task reads both sides (the readers are cancel-safe): no hand-off per message.
+        let mut client = FrameReader::new(client_read, config.max_message);
+        let mut resource = FrameReader::new(up_read, config.max_backend_message);
         let pipeline = self.pipeline.clone();
         let session = self.session;
         let ended = pipeline.ended(session);
@@ -561,8 +540,8 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 }
             };
             let step = tokio::select! {
-                m = client_rx.recv() => Step::Client(m.unwrap_or(Err(WireError::Closed))),
-                f = up_rx.recv() => Step::Upstream(f.unwrap_or(Err(WireError::Closed))),
+                m = next_message(&mut client) => Step::Client(m),
+                f = next_backend(&mut resource) => Step::Upstream(f),
                 reason = &mut ended => Step::Ended(reason),
                 _ = idle => Step::Idle,
             };
@@ -596,12 +575,10 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 break reason;
             }
             // Nothing more waiting from the resource: what was relayed goes out now.
-            if from_upstream && up_rx.is_empty() && self.flush().await.is_err() {
+            if from_upstream && !resource.has_frame() && self.flush().await.is_err() {
                 break "the caller left".to_string();
             }
         };
-        client_task.abort();
-        up_task.abort();
         let _ = up_write.write_all(&[b'X', 0, 0, 0, 4]).await;
         let _ = up_write.shutdown().await;
         self.finish_in_flight(Some("the session ended before the statement completed".into()));

@@ -490,3 +490,65 @@ fn a_portal_knows_its_columns_in_the_formats_bind_chose() {
     Described::Portal(own.clone()).answered(row_description_frame(&[("x", 23, 1)]).row_description().unwrap());
     assert_eq!(own.columns().unwrap()[0].name, "x");
 }
+
+#[tokio::test]
+async fn frame_reader_is_cancel_safe_and_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let (mut writer, reader) = tokio::io::duplex(64);
+    let mut frames = crate::FrameReader::new(reader, 1 << 20);
+    let query = frontend_query_bytes("SELECT 'a long enough statement to span several writes'");
+    // Half a frame, then the wait is abandoned (as select! does when another branch wins).
+    writer.write_all(&query[..7]).await.unwrap();
+    let abandoned = tokio::time::timeout(std::time::Duration::from_millis(50), frames.next()).await;
+    assert!(abandoned.is_err(), "no frame yet");
+    assert!(!frames.has_frame());
+    // The rest, and a second frame: both come out whole, in order.
+    let task = tokio::spawn(async move {
+        writer.write_all(&query[7..]).await.unwrap();
+        writer.write_all(&[b'S', 0, 0, 0, 4]).await.unwrap();
+        writer.write_all(&[b'X', 0, 0, 0, 4, b'Q']).await.unwrap();
+        query
+    });
+    let first = frames.next().await.unwrap();
+    let query = task.await.unwrap();
+    assert_eq!(first, query);
+    assert_eq!(&frames.next().await.unwrap()[..], &[b'S', 0, 0, 0, 4]);
+    assert!(frames.has_frame(), "the Terminate is buffered already");
+    assert_eq!(&frames.next().await.unwrap()[..], &[b'X', 0, 0, 0, 4]);
+    // The stream ends after one byte of a frame: truncated, not closed.
+    assert!(matches!(frames.next().await, Err(WireError::Truncated)));
+
+    // A length above the limit is refused from its header alone.
+    let (mut writer, reader) = tokio::io::duplex(64);
+    let mut frames = crate::FrameReader::new(reader, 1024);
+    writer.write_all(&[b'Q', 0x40, 0, 0, 0]).await.unwrap();
+    assert!(matches!(frames.next().await, Err(WireError::BadLength { .. })));
+    // A clean end between frames is Closed.
+    let (writer, reader) = tokio::io::duplex(64);
+    drop(writer);
+    assert!(matches!(crate::FrameReader::new(reader, 1024).next().await, Err(WireError::Closed)));
+}
+
+#[tokio::test]
+async fn frame_reader_reads_frames_larger_than_its_chunk() {
+    use tokio::io::AsyncWriteExt;
+    let (mut writer, reader) = tokio::io::duplex(8 * 1024);
+    let mut frames = crate::FrameReader::new(reader, 1 << 20);
+    let big = frontend_query_bytes(&"x".repeat(300_000));
+    let sent = big.clone();
+    tokio::spawn(async move { writer.write_all(&sent).await.unwrap() });
+    assert_eq!(frames.next().await.unwrap(), big);
+}
+
+fn frontend_query_bytes(sql: &str) -> Bytes {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    Bytes::from(packet_with_tag(b'Q', &body))
+}
+
+fn packet_with_tag(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}

@@ -111,6 +111,72 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(stream: &mut R, max_len: us
     Ok(buf.freeze())
 }
 
+/// Reads frames (tag byte, `i32` length counting itself, body) from a stream through a buffer
+/// of its own. [`next`](Self::next) is cancel-safe: dropping it (as `tokio::select!` does)
+/// loses nothing, so one task can wait on several streams without a reader task for each. As
+/// with [`read_frame`], a length outside `4..=max_len` is refused before anything is allocated,
+/// and the buffer grows only with the bytes that actually arrive.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_len: usize,
+}
+
+impl<R> fmt::Debug for FrameReader<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Buffered bytes may carry SQL or passwords: only how many.
+        f.debug_struct("FrameReader").field("buffered", &self.buf.len()).field("max_len", &self.max_len).finish()
+    }
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, max_len: usize) -> FrameReader<R> {
+        FrameReader { inner, buf: BytesMut::with_capacity(8 * 1024), max_len }
+    }
+
+    /// The next complete frame's bytes.
+    pub async fn next(&mut self) -> Result<Bytes, WireError> {
+        loop {
+            if let Some(frame) = self.buffered()? {
+                return Ok(frame);
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return Err(if self.buf.is_empty() { WireError::Closed } else { WireError::Truncated });
+            }
+        }
+    }
+
+    /// Whether a complete frame is already buffered (the next [`next`](Self::next) returns
+    /// without reading).
+    pub fn has_frame(&self) -> bool {
+        self.frame_len().is_ok_and(|n| n.is_some_and(|n| self.buf.len() >= n))
+    }
+
+    /// The whole length of the frame at the front, once its header is in.
+    fn frame_len(&self) -> Result<Option<usize>, WireError> {
+        match self.buf.get(..5) {
+            Some(h) => Ok(Some(1 + checked_len(i32::from_be_bytes([h[1], h[2], h[3], h[4]]), 4, self.max_len)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn buffered(&mut self) -> Result<Option<Bytes>, WireError> {
+        match self.frame_len()? {
+            Some(n) if self.buf.len() >= n => Ok(Some(self.buf.split_to(n).freeze())),
+            Some(n) => {
+                // Room for the rest of this frame, a chunk at a time.
+                let missing = n - self.buf.len();
+                self.buf.reserve(missing.min(READ_CHUNK));
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+}
+
 /// `len` as a `usize` if it lies in `min..=max`.
 pub(crate) fn checked_len(len: i32, min: usize, max: usize) -> Result<usize, WireError> {
     match usize::try_from(len) {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use gatehouse_audit::{AuditWriter, FsyncPolicy, HEAD_FILE, now_ms};
+use gatehouse_audit::{AuditWriter, FSYNC_INTERVAL, FsyncPolicy, HEAD_FILE, now_ms};
 use gatehouse_auth::{Authenticator, OidcVerifier, issue_token};
 use gatehouse_core::{ADMIN_GROUP, IdentityKind};
 use gatehouse_keys::Keys;
@@ -67,7 +67,7 @@ pub async fn open(loaded: &Loaded) -> anyhow::Result<(Arc<dyn Store>, Arc<Keys>)
         }
     })?;
     tracing::info!(source = %source, "master key loaded");
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path, loaded.fsync_each_batch)?);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path, false)?);
     Ok((store, Arc::new(keys)))
 }
 
@@ -119,7 +119,7 @@ async fn bootstrap(app: &App) -> anyhow::Result<()> {
 pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let (store, keys) = open(&loaded).await?;
     let data_dir = loaded.config.data_dir.clone();
-    let fsync = if loaded.fsync_each_batch { FsyncPolicy::EveryBatch } else { FsyncPolicy::Off };
+    let fsync = if loaded.fsync_each_batch { FsyncPolicy::Interval(FSYNC_INTERVAL) } else { FsyncPolicy::Off };
     // The chain head as it was before this run writes a new one, for the start-up check.
     let head_at_start = gatehouse_audit::read_head(&data_dir.join(HEAD_FILE));
     let last_at_start = store.last_event().await?.map(|(seq, _)| seq).unwrap_or(0);

@@ -71,6 +71,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Appends a batch of chained events and the session changes they describe, atomically: after
     /// it returns, the batch is committed to the store's log.
     async fn append_audit(&self, batch: AuditBatch) -> Result<()>;
+    /// Files that hold committed events until they reach their final place (SQLite's WAL): forcing
+    /// these to disk makes every committed batch durable. Empty when commits are durable already.
+    fn log_files(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
     /// The newest event's sequence number and MAC, to continue the chain.
     async fn last_event(&self) -> Result<Option<(i64, Vec<u8>)>>;
     /// Events with `seq > after`, oldest first, at most `limit`.

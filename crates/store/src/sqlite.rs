@@ -52,7 +52,8 @@ fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
     /// `fsync_each_commit` selects `synchronous=FULL` (every commit forced to disk) over
-    /// `NORMAL` (committed to the WAL, forced to disk at checkpoints; survives a killed process).
+    /// `NORMAL` (committed to the WAL, forced to disk at checkpoints; survives a killed process;
+    /// [`Store::log_files`] names the WAL for whoever forces it to disk between checkpoints).
     pub fn open(path: &Path, fsync_each_commit: bool) -> Result<SqliteStore> {
         let open = |write: bool| -> Result<Connection> {
             let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
@@ -285,6 +286,12 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn log_files(&self) -> Vec<std::path::PathBuf> {
+        let mut wal = self.inner.path.clone().into_os_string();
+        wal.push("-wal");
+        vec![wal.into()]
+    }
+
     async fn ping(&self) -> Result<()> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)).await
     }

@@ -275,6 +275,10 @@ async fn readyz(State(app): State<AppState>) -> Response {
         Some(report) => report.line(),
         None => "checking".to_string(),
     };
+    if let Some(e) = app.audit.stats().fsync_failure() {
+        let body = serde_json::json!({"status": "unavailable", "audit": format!("cannot force the audit trail to disk: {e}"), "audit_chain": chain});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     match app.store.ping().await {
         Ok(()) => Json(serde_json::json!({"status": "ready", "audit_chain": chain})).into_response(),
         Err(e) => (
