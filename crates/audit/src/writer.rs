@@ -197,7 +197,14 @@ impl AuditWriter {
             FsyncPolicy::Off => None,
         };
         let task = Task { store, keys, head_file, syncer, seq, prev, stats: stats.clone(), observer };
-        let handle = tokio::spawn(task.run(rx));
+        // The writer has a thread of its own (commits block it, never a shared worker), with a
+        // runtime of its own for its queue and timers.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("audit-writer")
+            .build()
+            .map_err(|e| AuditError::Unavailable(format!("cannot start the audit writer: {e}")))?;
+        let handle = tokio::task::spawn_blocking(move || runtime.block_on(task.run(rx)));
         Ok((AuditWriter { tx, stats }, handle))
     }
 
@@ -212,6 +219,21 @@ impl AuditWriter {
     /// milliseconds, so they do not cost a commit of their own under load.
     pub async fn record_later(&self, entries: Vec<Entry>) -> Result<Vec<i64>, AuditError> {
         self.send(entries, false).await
+    }
+
+    /// [`record_later`](Self::record_later) without waiting for the commit at all: for a
+    /// caller with nothing to do on the outcome (a failed batch is logged by the writer). Errs
+    /// only when the queue is full or the writer stopped.
+    pub fn record_detached(&self, entries: Vec<Entry>) -> Result<(), AuditError> {
+        let (reply, _) = oneshot::channel();
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        self.tx.try_send(Job { entries, reply, urgent: false }).map_err(|e| {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(_) => AuditError::Unavailable("the audit queue is full".into()),
+                mpsc::error::TrySendError::Closed(_) => AuditError::Stopped,
+            }
+        })
     }
 
     async fn send(&self, entries: Vec<Entry>, urgent: bool) -> Result<Vec<i64>, AuditError> {
@@ -311,7 +333,7 @@ impl Task {
             seqs.push(mine);
         }
         let n = batch.events.len() as u64;
-        let result = match self.store.append_audit(batch).await {
+        let result = match self.store.append_audit_inline(batch).await {
             Ok(()) => {
                 self.seq = seq;
                 self.prev = prev;

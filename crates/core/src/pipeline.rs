@@ -155,8 +155,9 @@ pub trait Pipeline: Send + Sync + 'static {
     /// statement at `Parse`, decided and recorded again each time it runs).
     fn check(&self, session: &OpenedSession, req: &Request) -> impl Future<Output = Decision> + Send;
 
-    /// Records how a forwarded request ended.
-    fn finish(&self, session: &OpenedSession, seq: i64, result: RequestResult) -> impl Future<Output = ()> + Send;
+    /// Records how a forwarded request ended, without waiting: nothing is held back for it, so
+    /// the record rides with the next commit of the audit trail.
+    fn finish(&self, session: &OpenedSession, seq: i64, result: RequestResult);
 
     /// Records the session's end.
     fn close(&self, session: &OpenedSession, reason: &str) -> impl Future<Output = ()> + Send;

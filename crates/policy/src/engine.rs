@@ -62,6 +62,8 @@ fn detail_lines(d: &Decision, indent: &str) -> Vec<String> {
 #[derive(Debug)]
 pub struct PolicyEngine {
     current: ArcSwap<LoadedPolicies>,
+    /// Counts installs, so that a decision kept from before a change is known stale.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Default for PolicyEngine {
@@ -73,12 +75,12 @@ impl Default for PolicyEngine {
 impl PolicyEngine {
     /// An engine with the empty set: everything is denied.
     pub fn new() -> Self {
-        PolicyEngine { current: ArcSwap::from_pointee(LoadedPolicies::empty()) }
+        PolicyEngine { current: ArcSwap::from_pointee(LoadedPolicies::empty()), generation: Default::default() }
     }
 
     /// An engine loaded with `text`.
     pub fn with_text(text: &str) -> Result<Self, PolicyError> {
-        Ok(PolicyEngine { current: ArcSwap::from_pointee(validate(text)?) })
+        Ok(PolicyEngine { current: ArcSwap::from_pointee(validate(text)?), generation: Default::default() })
     }
 
     /// The schema policies are written against.
@@ -95,8 +97,15 @@ impl PolicyEngine {
     pub fn install(&self, loaded: LoadedPolicies) -> PolicySummary {
         let summary = loaded.summary().clone();
         self.current.store(Arc::new(loaded));
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(policies = summary.policies.len(), "policy set replaced");
         summary
+    }
+
+    /// Changes each time a set is installed. A decision made while this read `g` is stale once
+    /// it reads anything else (read it before deciding).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The text of the current set.

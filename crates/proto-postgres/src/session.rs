@@ -877,9 +877,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 bytes_in: 0,
                 columns,
             };
-            let pipeline = self.pipeline.clone();
-            let session = self.session.clone();
-            tokio::spawn(async move { pipeline.finish(&session, seq, result).await });
+            self.pipeline.finish(self.session, seq, result);
         }
     }
 
@@ -1074,19 +1072,15 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
     }
 
     fn finish(&self, seq: i64, error: Option<String>, rows: u64, command: Option<String>) {
-        let pipeline = self.pipeline.clone();
-        let session = self.session.clone();
         let result = RequestResult { error, rows: Some(rows), command, ..Default::default() };
-        tokio::spawn(async move { pipeline.finish(&session, seq, result).await });
+        self.pipeline.finish(self.session, seq, result);
     }
 
     fn finish_in_flight(&mut self, error: Option<String>) {
         if let Some(f) = self.in_flight.take() {
             for &seq in &f.seqs[f.done.min(f.seqs.len())..] {
-                let pipeline = self.pipeline.clone();
-                let session = self.session.clone();
                 let result = RequestResult { error: error.clone().or(Some("not run".into())), ..Default::default() };
-                tokio::spawn(async move { pipeline.finish(&session, seq, result).await });
+                self.pipeline.finish(self.session, seq, result);
             }
         }
     }
@@ -1109,9 +1103,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 bytes_in: 0,
                 columns: std::mem::take(&mut f.columns),
             };
-            let pipeline = self.pipeline.clone();
-            let session = self.session.clone();
-            tokio::spawn(async move { pipeline.finish(&session, seq, result).await });
+            self.pipeline.finish(self.session, seq, result);
         }
         f.done += 1;
         f.rows = 0;

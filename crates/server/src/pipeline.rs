@@ -17,12 +17,18 @@ use tokio::sync::watch;
 
 use crate::app::App;
 
-/// A live session's handle: what ends it, and whose it is.
+/// A live session's handle: what ends it, whose it is, and the decisions it made lately.
 #[derive(Debug)]
 struct Live {
     identity: String,
     end: watch::Sender<Option<String>>,
+    /// Decisions by request shape (accesses and context), each valid for the policy generation
+    /// and the second (policies may test `context.time`) it was made in.
+    decisions: HashMap<String, (u64, i64, Decision)>,
 }
+
+/// Most decisions a session keeps.
+const DECISIONS_KEPT: usize = 256;
 
 /// Sessions open right now, by id.
 #[derive(Debug, Default)]
@@ -60,6 +66,22 @@ impl LiveSessions {
     /// The ids of every live session.
     pub fn ids(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
+    }
+
+    fn decision(&self, id: &str, key: &str, generation: u64, second: i64) -> Option<Decision> {
+        match self.lock().get(id)?.decisions.get(key) {
+            Some((g, s, d)) if *g == generation && *s == second => Some(d.clone()),
+            _ => None,
+        }
+    }
+
+    fn keep_decision(&self, id: &str, key: String, generation: u64, second: i64, decision: &Decision) {
+        if let Some(live) = self.lock().get_mut(id) {
+            if live.decisions.len() >= DECISIONS_KEPT {
+                live.decisions.clear();
+            }
+            live.decisions.insert(key, (generation, second, decision.clone()));
+        }
     }
 }
 
@@ -141,36 +163,59 @@ impl DataPath {
 }
 
 impl DataPath {
-    /// Decides every access of a request; the strictest outcome wins.
+    /// Decides every access of a request; the strictest outcome wins. The same request shape
+    /// in the same session, second and policy generation gets the same decision, so that one is
+    /// reused rather than evaluated again.
     async fn decide(&self, session: &OpenedSession, req: &Request) -> Result<Decision, String> {
+        if req.accesses.is_empty() {
+            return Ok(Decision::allow(vec![]));
+        }
+        // Read before deciding: a change while deciding makes this decision stale, not kept.
+        let generation = self.app.policy.generation();
+        let second = now_ms() / 1000;
+        let key = decision_key(req);
+        if let Some(d) = self.app.live.decision(&session.id, &key, generation, second) {
+            return Ok(d);
+        }
         let mut context = serde_json::Map::new();
         context.insert("protocol".into(), json!(session.protocol));
-        context.insert("time".into(), json!(now_ms() / 1000));
+        context.insert("time".into(), json!(second));
         if let Some(addr) = session.client_addr {
             context.insert("client_ip".into(), json!(addr.ip().to_string()));
         }
         context.extend(req.context.clone());
         let connections = std::slice::from_ref(&session.connection_info);
-        let decision = if req.accesses.is_empty() {
-            Decision::allow(vec![])
-        } else {
-            Decision::strictest(req.accesses.iter().map(|(action, resource)| {
-                let authz = AuthzRequest {
-                    principal: session.identity.clone(),
-                    action: action.clone(),
-                    resources: vec![resource.clone()],
-                    context: context.clone(),
-                };
-                self.app.policy.decide(&authz, connections).unwrap_or_else(|e| Decision {
-                    outcome: Outcome::Deny,
-                    policies: vec![],
-                    approvers: vec![],
-                    errors: vec![e.to_string()],
-                })
-            }))
-        };
+        let decision = Decision::strictest(req.accesses.iter().map(|(action, resource)| {
+            let authz = AuthzRequest {
+                principal: session.identity.clone(),
+                action: action.clone(),
+                resources: vec![resource.clone()],
+                context: context.clone(),
+            };
+            self.app.policy.decide(&authz, connections).unwrap_or_else(|e| Decision {
+                outcome: Outcome::Deny,
+                policies: vec![],
+                approvers: vec![],
+                errors: vec![e.to_string()],
+            })
+        }));
+        self.app.live.keep_decision(&session.id, key, generation, second, &decision);
         Ok(decision)
     }
+}
+
+/// What a decision depends on beyond the session, the policy set and the time: the accesses
+/// and the request's context.
+fn decision_key(req: &Request) -> String {
+    let mut key = String::with_capacity(128);
+    for (action, resource) in &req.accesses {
+        key.push_str(action);
+        key.push(' ');
+        key.push_str(&resource.entity_ref());
+        key.push('\n');
+    }
+    key.push_str(&serde_json::to_string(&req.context).unwrap_or_default());
+    key
 }
 
 impl Pipeline for DataPath {
@@ -270,7 +315,7 @@ impl Pipeline for DataPath {
         self.app.metrics.session(req.protocol);
         self.app.metrics.request(req.protocol, "allow");
         let (end, _) = watch::channel(None);
-        self.app.live.lock_insert(id.clone(), Live { identity: identity.name.clone(), end });
+        self.app.live.lock_insert(id.clone(), Live { identity: identity.name.clone(), end, decisions: HashMap::new() });
         let stamp = format!("gatehouse:{}", identity.entity_ref().replace('"', ""));
         Ok(OpenedSession {
             id,
@@ -318,7 +363,7 @@ impl Pipeline for DataPath {
         })
     }
 
-    async fn finish(&self, session: &OpenedSession, seq: i64, result: RequestResult) {
+    fn finish(&self, session: &OpenedSession, seq: i64, result: RequestResult) {
         let mut payload = json!({"request_seq": seq, "status": if result.error.is_some() { "error" } else { "ok" },
             "duration_ms": result.duration_ms, "rows": result.rows, "command": result.command, "error": result.error,
             "bytes_out": result.bytes_out, "bytes_in": result.bytes_in});
@@ -331,7 +376,7 @@ impl Pipeline for DataPath {
             payload,
             session_change: None,
         };
-        if let Err(e) = self.app.audit.record_later(vec![entry]).await {
+        if let Err(e) = self.app.audit.record_detached(vec![entry]) {
             tracing::error!(session = %session.id, error = %e, "a request result could not be recorded");
         }
     }

@@ -284,6 +284,62 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
+/// The audit batch's statements, in one transaction.
+fn append_audit_tx(c: &mut Connection, batch: &AuditBatch) -> Result<()> {
+    let tx = c.transaction().map_err(db_err)?;
+    {
+        let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO audit_events (seq, ts, session_id, kind, payload, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db_err)?;
+        for e in &batch.events {
+            ins.execute(params![e.seq, e.ts, e.session_id, e.kind, e.payload, e.mac]).map_err(db_err)?;
+        }
+        for change in &batch.sessions {
+            match change {
+                SessionChange::Open(s) => {
+                    tx.prepare_cached(&format!(
+                        "INSERT INTO sessions ({SESSION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                    ))
+                    .map_err(db_err)?
+                    .execute(params![
+                        s.id,
+                        s.identity,
+                        kind_to_str(s.identity_kind),
+                        s.connection,
+                        s.protocol,
+                        s.client_addr,
+                        s.started_at,
+                        s.ended_at,
+                        s.end_reason,
+                        s.requests,
+                        s.denied
+                    ])
+                    .map_err(db_err)?;
+                }
+                SessionChange::Request { id, denied } => {
+                    tx.prepare_cached(
+                        "UPDATE sessions SET requests = requests + 1, denied = denied + ?2 WHERE id = ?1",
+                    )
+                    .map_err(db_err)?
+                    .execute(params![id, i64::from(*denied)])
+                    .map_err(db_err)?;
+                }
+                SessionChange::Close { id, ended_at, reason } => {
+                    tx.prepare_cached(
+                        "UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1 AND ended_at IS NULL",
+                    )
+                    .map_err(db_err)?
+                    .execute(params![id, ended_at, reason])
+                    .map_err(db_err)?;
+                }
+            }
+        }
+    }
+    tx.commit().map_err(db_err)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn log_files(&self) -> Vec<std::path::PathBuf> {
@@ -541,42 +597,11 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, batch: AuditBatch) -> Result<()> {
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            {
-                let mut ins = tx
-                    .prepare_cached("INSERT INTO audit_events (seq, ts, session_id, kind, payload, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-                    .map_err(db_err)?;
-                for e in &batch.events {
-                    ins.execute(params![e.seq, e.ts, e.session_id, e.kind, e.payload, e.mac]).map_err(db_err)?;
-                }
-                for change in &batch.sessions {
-                    match change {
-                        SessionChange::Open(s) => {
-                            tx.prepare_cached(&format!("INSERT INTO sessions ({SESSION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"))
-                                .map_err(db_err)?
-                                .execute(params![s.id, s.identity, kind_to_str(s.identity_kind), s.connection, s.protocol, s.client_addr,
-                                    s.started_at, s.ended_at, s.end_reason, s.requests, s.denied])
-                                .map_err(db_err)?;
-                        }
-                        SessionChange::Request { id, denied } => {
-                            tx.prepare_cached("UPDATE sessions SET requests = requests + 1, denied = denied + ?2 WHERE id = ?1")
-                                .map_err(db_err)?
-                                .execute(params![id, i64::from(*denied)])
-                                .map_err(db_err)?;
-                        }
-                        SessionChange::Close { id, ended_at, reason } => {
-                            tx.prepare_cached("UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1 AND ended_at IS NULL")
-                                .map_err(db_err)?
-                                .execute(params![id, ended_at, reason])
-                                .map_err(db_err)?;
-                        }
-                    }
-                }
-            }
-            tx.commit().map_err(db_err)
-        })
-        .await
+        self.write(move |c| append_audit_tx(c, &batch)).await
+    }
+
+    async fn append_audit_inline(&self, batch: AuditBatch) -> Result<()> {
+        append_audit_tx(&mut lock(&self.inner.writer), &batch)
     }
 
     async fn last_event(&self) -> Result<Option<(i64, Vec<u8>)>> {
