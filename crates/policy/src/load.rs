@@ -57,9 +57,23 @@ pub struct LoadedPolicies {
     summary: PolicySummary,
     /// `@id` → position in the text, to order reasons deterministically.
     order: HashMap<String, usize>,
+    /// Every word of the text (runs of letters, digits and `_`).
+    words: std::collections::HashSet<String>,
+}
+
+/// The words of a policy text.
+fn words(text: &str) -> std::collections::HashSet<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).map(String::from).collect()
 }
 
 impl LoadedPolicies {
+    /// Whether `word` occurs anywhere in the text. Cedar names attributes only literally
+    /// (`context.time`, `context has time`, `context["time"]`), so a context attribute whose
+    /// name is not a word of the text cannot change any decision of this set.
+    pub fn mentions(&self, word: &str) -> bool {
+        self.words.contains(word)
+    }
+
     /// The empty set: everything is denied.
     pub fn empty() -> Self {
         LoadedPolicies {
@@ -68,6 +82,7 @@ impl LoadedPolicies {
             without_approvals: PolicySet::new(),
             summary: PolicySummary::default(),
             order: HashMap::new(),
+            words: Default::default(),
         }
     }
 
@@ -280,7 +295,8 @@ pub fn validate(text: &str) -> Result<LoadedPolicies, PolicyError> {
     }
     summary.warnings = warnings;
 
-    Ok(LoadedPolicies { text: text.to_string(), full, without_approvals, summary, order })
+    let words = words(text);
+    Ok(LoadedPolicies { text: text.to_string(), full, without_approvals, summary, order, words })
 }
 
 /// Checks `@approval`, `@quorum` and look-alikes of them; returns the approver groups (empty

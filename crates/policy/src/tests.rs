@@ -913,3 +913,24 @@ fn report_of_a_default_deny() {
     let req = request(user("u", &["billing"]), "sql.select", &["Table::\"pg-prod/public.invoices\""], json!({}));
     assert_eq!(e.decide_detailed(&req, &[]).unwrap().report(), "allow\npolicies: billing-read");
 }
+
+#[test]
+fn a_set_mentions_the_context_attributes_its_policies_read() {
+    let engine = PolicyEngine::new();
+    let g0 = engine.generation();
+    assert!(!engine.current().mentions("time"));
+    engine
+        .set(
+            r#"@id("office-hours")
+permit (principal, action == Action::"sql.select", resource) when { context has time && context has statement && context["statement"] like "*x*" };"#,
+        )
+        .unwrap();
+    assert_ne!(engine.generation(), g0, "installing a set changes the generation");
+    let set = engine.current();
+    for word in ["time", "statement", "context", "permit"] {
+        assert!(set.mentions(word), "{word}");
+    }
+    for word in ["has_where", "tables", "tim", "x*"] {
+        assert!(!set.mentions(word), "{word}");
+    }
+}

@@ -172,9 +172,14 @@ impl DataPath {
         }
         // Read before deciding: a change while deciding makes this decision stale, not kept.
         let generation = self.app.policy.generation();
+        let set = self.app.policy.current();
         let second = now_ms() / 1000;
-        let key = decision_key(req);
-        if let Some(d) = self.app.live.decision(&session.id, &key, generation, second) {
+        // What no policy mentions cannot change a decision: a set that never tests the time
+        // decides the same all day; one that never tests the statement text decides the same
+        // for every constant in it.
+        let valid_for = if set.mentions("time") { second } else { 0 };
+        let key = decision_key(req, |attribute| set.mentions(attribute));
+        if let Some(d) = self.app.live.decision(&session.id, &key, generation, valid_for) {
             return Ok(d);
         }
         let mut context = serde_json::Map::new();
@@ -199,14 +204,14 @@ impl DataPath {
                 errors: vec![e.to_string()],
             })
         }));
-        self.app.live.keep_decision(&session.id, key, generation, second, &decision);
+        self.app.live.keep_decision(&session.id, key, generation, valid_for, &decision);
         Ok(decision)
     }
 }
 
-/// What a decision depends on beyond the session, the policy set and the time: the accesses
-/// and the request's context.
-fn decision_key(req: &Request) -> String {
+/// What a decision depends on beyond the session, the policy set and the time: the accesses,
+/// and the attributes of the request's context that the set mentions.
+fn decision_key(req: &Request, mentioned: impl Fn(&str) -> bool) -> String {
     let mut key = String::with_capacity(128);
     for (action, resource) in &req.accesses {
         key.push_str(action);
@@ -214,7 +219,12 @@ fn decision_key(req: &Request) -> String {
         key.push_str(&resource.entity_ref());
         key.push('\n');
     }
-    key.push_str(&serde_json::to_string(&req.context).unwrap_or_default());
+    for (name, value) in req.context.iter().filter(|(name, _)| mentioned(name)) {
+        key.push_str(&serde_json::to_string(name).unwrap_or_default());
+        key.push('=');
+        key.push_str(&value.to_string());
+        key.push('\n');
+    }
     key
 }
 

@@ -469,3 +469,28 @@ fn an_oidc_jwt_is_a_password_and_its_expiry_ends_the_session() {
     assert_eq!(list[0]["identity_kind"], "user");
     assert_eq!(list[0]["end_reason"], "the caller's credential expired");
 }
+
+#[test]
+fn decisions_follow_the_statement_text_when_a_policy_reads_it() {
+    let f = Fixture::new();
+    // A policy that reads the statement: decisions in one session differ by a constant.
+    f.policies(&format!(
+        "{POLICIES}\n@id(\"not-order-two\")\nforbid (principal, action, resource) when {{ context has statement && context.statement like \"*id = 2*\" }};"
+    ));
+    let out = f.app(
+        "SELECT item FROM orders WHERE id = 1;\nSELECT item FROM orders WHERE id = 2;\nSELECT item FROM orders WHERE id = 1;\n",
+    );
+    assert_eq!(stdout(&out), "lamp\nlamp\n", "{}", stderr(&out));
+    assert_eq!(stderr(&out).matches("not-order-two").count(), 1, "{}", stderr(&out));
+    // The same with prepared statements: the text has a parameter, not the constant.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = client(&f.url(&f.token)).await;
+        for id in [1i32, 2, 1] {
+            let rows = c.query("SELECT item FROM orders WHERE id = $1", &[&id]).await.unwrap();
+            assert_eq!(rows.len(), 1);
+        }
+        let e = c.simple_query("SELECT item FROM orders WHERE id = 2").await.unwrap_err();
+        assert_eq!(sqlstate(&e), "42501");
+    });
+}
