@@ -156,8 +156,15 @@ if [ -n "${PROFILE:-}" ]; then
     echo "== where Gatehouse spends its CPU under pgbench -S -M simple -c 1 (perf, self time)"
     perf record -q -F 4999 -g -o "$TMP/perf.data" -p "$GW_PID" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
     perf_pid=$!
-    run_one simple 1 gatehouse | awk '/^tps = / {print "tps while profiling: " $3}'
+    cpu_ticks() { awk '{print $14 + $15}' "/proc/$GW_PID/stat"; }
+    before=$(cpu_ticks)
+    out=$(run_one simple 1 gatehouse)
+    after=$(cpu_ticks)
     wait "$perf_pid" || { echo "perf failed:"; cat "$TMP/perf.log"; }
+    awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+        /^tps = / { tps = $3 }
+        /^number of transactions actually processed/ { split($0, f, ": "); tx = f[2] + 0 }
+        END { printf "tps while profiling: %.0f; Gatehouse CPU per transaction: %.1f us (user+system, %d transactions)\n", tps, ticks / hz * 1e6 / tx, tx }' <<<"$out"
     echo "-- by thread"
     perf report -i "$TMP/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12 || true
     echo "-- by function"

@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use gatehouse_keys::Keys;
 use gatehouse_store::{AuditBatch, SessionChange, SessionRecord, Store, StoredEvent};
+use std::collections::VecDeque;
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::{ChainHead, HeadFile, chain_mac};
@@ -139,16 +141,44 @@ impl WriterStats {
 }
 
 /// The single writer of the audit trail. Cloning shares the same writer.
+///
+/// Group commit without a writer thread: a caller that must wait for its events queues them
+/// and, if no commit is under way, commits everything queued itself, on its own thread (for
+/// SQLite, a write to the log; forcing to disk happens elsewhere). Callers arriving meanwhile
+/// queue theirs, and whoever is committing takes them next, so under load many requests share
+/// one commit, and with one caller nothing is handed to another thread. Entries nothing waits
+/// for ride with the next commit, or a background task commits them within [`LATER_WINDOW`].
 #[derive(Debug, Clone)]
 pub struct AuditWriter {
-    tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    /// Wakes the task that commits later entries; it stops once every clone is dropped.
+    later: mpsc::Sender<()>,
+}
+
+struct Shared {
+    queue: std::sync::Mutex<Pending>,
+    /// Held by whoever is committing.
+    chain: tokio::sync::Mutex<Task>,
     stats: Arc<WriterStats>,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("stats", &self.stats).finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    jobs: VecDeque<Job>,
+    /// How many of the jobs someone waits on.
+    urgent: usize,
+}
+
 impl AuditWriter {
-    /// Starts the writer task. It continues the chain from the newer of the store's last event
-    /// and the chain head file (so events deleted from the store stay a detectable gap), and
-    /// stops once every `AuditWriter` clone is dropped and the queue is drained.
+    /// Starts the writer. It continues the chain from the newer of the store's last event and
+    /// the chain head file (so events deleted from the store stay a detectable gap). The handle
+    /// finishes once every `AuditWriter` clone is dropped and what was queued is committed.
     pub async fn start(
         store: Arc<dyn Store>,
         keys: Arc<Keys>,
@@ -183,7 +213,6 @@ impl AuditWriter {
             seq = h.seq;
             prev = hex::decode(&h.mac).unwrap_or_else(|_| vec![0u8; 32]);
         }
-        let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(WriterStats::default());
         let head_file = HeadFile::open(&head_path)
             .map_err(|e| AuditError::Unavailable(format!("cannot open the chain head {}: {e}", head_path.display())))?;
@@ -197,53 +226,55 @@ impl AuditWriter {
             FsyncPolicy::Off => None,
         };
         let task = Task { store, keys, head_file, syncer, seq, prev, stats: stats.clone(), observer };
-        // The writer has a thread of its own (commits block it, never a shared worker), with a
-        // runtime of its own for its queue and timers.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("audit-writer")
-            .build()
-            .map_err(|e| AuditError::Unavailable(format!("cannot start the audit writer: {e}")))?;
-        let handle = tokio::task::spawn_blocking(move || runtime.block_on(task.run(rx)));
-        Ok((AuditWriter { tx, stats }, handle))
+        let shared = Arc::new(Shared {
+            queue: std::sync::Mutex::new(Pending::default()),
+            chain: tokio::sync::Mutex::new(task),
+            stats,
+        });
+        let (later, mut wake) = mpsc::channel::<()>(1);
+        let flusher = shared.clone();
+        let handle = tokio::spawn(async move {
+            while wake.recv().await.is_some() {
+                tokio::time::sleep(LATER_WINDOW).await;
+                flusher.commit_queued(false).await;
+            }
+            // Every writer is gone: commit what is left.
+            flusher.commit_queued(false).await;
+        });
+        Ok((AuditWriter { shared, later }, handle))
     }
 
     /// Records the entries, in order and atomically, and returns their sequence numbers once
     /// they are committed. An error means they were not recorded: do not forward the request.
     pub async fn record(&self, entries: Vec<Entry>) -> Result<Vec<i64>, AuditError> {
-        self.send(entries, true).await
+        let (reply, rx) = oneshot::channel();
+        self.shared.enqueue(Job { entries, reply, urgent: true })?;
+        self.shared.commit_queued(true).await;
+        rx.await.map_err(|_| AuditError::Stopped)?
     }
 
     /// Records entries that nothing waits for before acting (the result of a request already
     /// forwarded): they ride with the next commit, or are committed on their own within a few
     /// milliseconds, so they do not cost a commit of their own under load.
     pub async fn record_later(&self, entries: Vec<Entry>) -> Result<Vec<i64>, AuditError> {
-        self.send(entries, false).await
+        let (reply, rx) = oneshot::channel();
+        self.enqueue_later(Job { entries, reply, urgent: false })?;
+        rx.await.map_err(|_| AuditError::Stopped)?
     }
 
     /// [`record_later`](Self::record_later) without waiting for the commit at all: for a
-    /// caller with nothing to do on the outcome (a failed batch is logged by the writer). Errs
-    /// only when the queue is full or the writer stopped.
+    /// caller with nothing to do on the outcome (a failed batch is logged). Errs only when the
+    /// queue is full.
     pub fn record_detached(&self, entries: Vec<Entry>) -> Result<(), AuditError> {
         let (reply, _) = oneshot::channel();
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        self.tx.try_send(Job { entries, reply, urgent: false }).map_err(|e| {
-            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-            match e {
-                mpsc::error::TrySendError::Full(_) => AuditError::Unavailable("the audit queue is full".into()),
-                mpsc::error::TrySendError::Closed(_) => AuditError::Stopped,
-            }
-        })
+        self.enqueue_later(Job { entries, reply, urgent: false })
     }
 
-    async fn send(&self, entries: Vec<Entry>, urgent: bool) -> Result<Vec<i64>, AuditError> {
-        let (reply, rx) = oneshot::channel();
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        if self.tx.try_send(Job { entries, reply, urgent }).is_err() {
-            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(AuditError::Unavailable("the audit queue is full".into()));
-        }
-        rx.await.map_err(|_| AuditError::Stopped)?
+    fn enqueue_later(&self, job: Job) -> Result<(), AuditError> {
+        self.shared.enqueue(job)?;
+        // Full: a wake-up is pending already, and it covers this job too.
+        let _ = self.later.try_send(());
+        Ok(())
     }
 
     /// Records one entry.
@@ -253,10 +284,72 @@ impl AuditWriter {
     }
 
     pub fn stats(&self) -> &WriterStats {
-        &self.stats
+        &self.shared.stats
     }
 }
 
+impl Shared {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn enqueue(&self, job: Job) -> Result<(), AuditError> {
+        let mut q = self.queue();
+        if q.jobs.len() >= QUEUE {
+            return Err(AuditError::Unavailable("the audit queue is full".into()));
+        }
+        q.urgent += usize::from(job.urgent);
+        q.jobs.push_back(job);
+        self.stats.queued.store(q.jobs.len(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Up to [`MAX_BATCH`] events' worth of queued jobs, oldest first.
+    fn take(&self) -> Vec<Job> {
+        let mut q = self.queue();
+        let mut jobs = Vec::new();
+        let mut count = 0;
+        while let Some(job) = q.jobs.front() {
+            if count > 0 && count + job.entries.len() > MAX_BATCH {
+                break;
+            }
+            count += job.entries.len();
+            if let Some(job) = q.jobs.pop_front() {
+                q.urgent -= usize::from(job.urgent);
+                jobs.push(job);
+            }
+        }
+        self.stats.queued.store(q.jobs.len(), Ordering::Relaxed);
+        jobs
+    }
+
+    /// Commits what is queued, unless a commit is under way: then whoever makes it takes what
+    /// is queued next. With `only_if_urgent`, stops once no queued job is waited on (the rest
+    /// rides with a later commit).
+    async fn commit_queued(&self, only_if_urgent: bool) {
+        loop {
+            let Ok(mut chain) = self.chain.try_lock() else { return };
+            loop {
+                let jobs = self.take();
+                if jobs.is_empty() {
+                    break;
+                }
+                chain.commit(jobs).await;
+            }
+            drop(chain);
+            // A job queued while this commit held the chain, whose caller found it busy, is
+            // ours to commit: look again now that the chain is free.
+            let q = self.queue();
+            let more = if only_if_urgent { q.urgent > 0 } else { !q.jobs.is_empty() };
+            drop(q);
+            if !more {
+                return;
+            }
+        }
+    }
+}
+
+/// Commits one batch at a time; held by whoever is committing.
 struct Task {
     store: Arc<dyn Store>,
     keys: Arc<Keys>,
@@ -269,32 +362,6 @@ struct Task {
 }
 
 impl Task {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.recv().await {
-            let mut urgent = first.urgent;
-            let mut count = first.entries.len();
-            let mut jobs = vec![first];
-            let deadline = tokio::time::Instant::now() + LATER_WINDOW;
-            while count < MAX_BATCH {
-                let next = match rx.try_recv() {
-                    Ok(job) => Some(job),
-                    // Only entries nothing waits for so far: wait a little for company.
-                    Err(mpsc::error::TryRecvError::Empty) if !urgent => {
-                        tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten()
-                    }
-                    Err(_) => None,
-                };
-                let Some(job) = next else { break };
-                urgent |= job.urgent;
-                count += job.entries.len();
-                jobs.push(job);
-            }
-            self.stats.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
-            self.commit(jobs).await;
-        }
-        tracing::debug!(last_seq = self.seq, "audit writer drained and stopped");
-    }
-
     async fn commit(&mut self, jobs: Vec<Job>) {
         let started = Instant::now();
         if let Some(e) = self.syncer.as_ref().and_then(Syncer::failure) {

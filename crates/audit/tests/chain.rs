@@ -211,3 +211,52 @@ async fn later_entries_are_committed_without_holding_back_urgent_ones() {
     handle.await.unwrap();
     assert!(f.verify().await.ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_callers_waiting_or_not_all_get_committed_once_in_one_chain() {
+    let f = fixture_with(0).await;
+    let (writer, handle) =
+        AuditWriter::start(f.store.clone(), f.keys.clone(), f.dir.path().join(HEAD_FILE), FsyncPolicy::Off)
+            .await
+            .unwrap();
+    let entry = |task: usize, n: usize| Entry {
+        session_id: None,
+        kind: "management".into(),
+        payload: serde_json::json!({"task": task, "n": n}),
+        session_change: None,
+    };
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let w = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for n in 0..200 {
+                if n % 3 == 0 {
+                    // Nothing waits for these: they must still be committed, in their turn.
+                    w.record_detached(vec![entry(task, n)]).unwrap();
+                } else {
+                    seqs.push(w.record_one(entry(task, n)).await.unwrap());
+                }
+            }
+            seqs
+        }));
+    }
+    let mut waited = Vec::new();
+    for t in tasks {
+        let seqs = t.await.unwrap();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one caller's events are committed in order");
+        waited.extend(seqs);
+    }
+    drop(writer);
+    handle.await.unwrap();
+    let report = f.verify().await;
+    assert!(report.ok, "{report:?}");
+    let conn = rusqlite::Connection::open(f.dir.path().join("gatehouse.db")).unwrap();
+    let (count, distinct): (i64, i64) = conn
+        .query_row("SELECT count(*), count(DISTINCT payload) FROM audit_events", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!((count, distinct), (1600, 1600), "every entry once, the detached ones included");
+    waited.sort();
+    waited.dedup();
+    assert_eq!(waited.len(), 8 * 133);
+}
