@@ -9,6 +9,7 @@
 #   CLIENTS="1 4 16" DURATION=10 bench/pgbench.sh
 #   FSYNC=off bench/pgbench.sh          # [audit] fsync: batch (default) or off
 #   PROFILE=1 bench/pgbench.sh          # then profile Gatehouse (perf) under 1-client pgbench -S
+#   PROFILE=1 KEEP_PROFILE=gh.perf ...  # and keep the perf data for `perf report -i gh.perf`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -165,6 +166,7 @@ if [ -n "${PROFILE:-}" ]; then
         /^tps = / { tps = $3 }
         /^number of transactions actually processed/ { split($0, f, ": "); tx = f[2] + 0 }
         END { printf "tps while profiling: %.0f; Gatehouse CPU per transaction: %.1f us (user+system, %d transactions)\n", tps, ticks / hz * 1e6 / tx, tx }' <<<"$out"
+    if [ -n "${KEEP_PROFILE:-}" ]; then cp "$TMP/perf.data" "$KEEP_PROFILE"; fi
     echo "-- by thread"
     perf report -i "$TMP/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12 || true
     echo "-- by function"

@@ -1,4 +1,3 @@
-use std::io::Write;
 use std::path::Path;
 
 use gatehouse_keys::Keys;
@@ -87,9 +86,18 @@ impl HeadFile {
         }
         record.extend(std::iter::repeat_n(' ', HEAD_RECORD - 1 - record.len()));
         record.push('\n');
-        use std::io::{Seek, SeekFrom};
-        self.file.seek(SeekFrom::Start(0))?;
-        self.file.write_all(record.as_bytes())?;
+        #[cfg(unix)]
+        {
+            // One positioned write: no seek of its own.
+            use std::os::unix::fs::FileExt;
+            self.file.write_all_at(record.as_bytes(), 0)?;
+        }
+        #[cfg(not(unix))]
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            self.file.seek(SeekFrom::Start(0))?;
+            self.file.write_all(record.as_bytes())?;
+        }
         if !self.sized {
             if self.file.metadata()?.len() != HEAD_RECORD as u64 {
                 self.file.set_len(HEAD_RECORD as u64)?;
