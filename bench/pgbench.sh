@@ -9,6 +9,7 @@
 #   CLIENTS="1 4 16" DURATION=10 bench/pgbench.sh
 #   FSYNC=off bench/pgbench.sh          # [audit] fsync: batch (default) or off
 #   PROFILE=1 bench/pgbench.sh          # then profile Gatehouse (perf) under 1-client pgbench -S
+#   PROFILE=1 PROFILE_MODE=extended PROFILE_CLIENTS=16 bench/pgbench.sh   # another load to profile
 #   PROFILE=1 KEEP_PROFILE=gh.perf ...  # and keep the perf data for `perf report -i gh.perf`
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -154,12 +155,13 @@ echo "audit trail after the run: $events"
 if [ -n "${PROFILE:-}" ]; then
     command -v perf >/dev/null 2>&1 || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-perf
     echo
-    echo "== where Gatehouse spends its CPU under pgbench -S -M simple -c 1 (perf, self time)"
+    PROFILE_MODE=${PROFILE_MODE:-simple} PROFILE_CLIENTS=${PROFILE_CLIENTS:-1}
+    echo "== where Gatehouse spends its CPU under pgbench -S -M $PROFILE_MODE -c $PROFILE_CLIENTS (perf, self time)"
     perf record -q -F 4999 -g -o "$TMP/perf.data" -p "$GW_PID" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
     perf_pid=$!
     cpu_ticks() { awk '{print $14 + $15}' "/proc/$GW_PID/stat"; }
     before=$(cpu_ticks)
-    out=$(run_one simple 1 gatehouse)
+    out=$(run_one "$PROFILE_MODE" "$PROFILE_CLIENTS" gatehouse)
     after=$(cpu_ticks)
     wait "$perf_pid" || { echo "perf failed:"; cat "$TMP/perf.log"; }
     awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
