@@ -524,7 +524,10 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         upstream: Upstream,
         config: &ListenerConfig,
     ) -> String {
-        let (up_read, mut up_write) = tokio::io::split(upstream.into_stream());
+        let (up_read, up_write) = tokio::io::split(upstream.into_stream());
+        // What goes to the resource is sent once nothing more from the caller is waiting, so a
+        // pipelined batch (Parse, Bind, Describe, Execute, Sync) is one send, not five.
+        let mut up_write = BufWriter::with_capacity(64 * 1024, up_write);
         // One task reads both sides (the readers are cancel-safe): no hand-off per message.
         let mut client = FrameReader::new(client_read, config.max_message);
         let mut resource = FrameReader::new(up_read, config.max_backend_message);
@@ -577,6 +580,12 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             // Nothing more waiting from the resource: what was relayed goes out now.
             if from_upstream && !resource.has_frame() && self.flush().await.is_err() {
                 break "the caller left".to_string();
+            }
+            if !client.has_frame()
+                && let Err(e) = up_write.flush().await
+            {
+                self.fatal("08006", "the connection to the resource was lost").await;
+                break format!("the resource connection was lost: {e}");
             }
         };
         let _ = up_write.write_all(&[b'X', 0, 0, 0, 4]).await;
