@@ -1,0 +1,52 @@
+//! Detectors and maskers for sensitive values in text: email addresses, payment card numbers,
+//! IBANs, US social security numbers, phone numbers, IP addresses, credentials (private keys,
+//! access keys, tokens, JWTs, `password=` values) and custom regular expressions. A [`Masker`]
+//! is built once from a list of [`Detector`]s and rewrites any text into a masked form that keeps
+//! the value's shape (`j***@example.com`, `**** **** **** 4242`) but never the value, counting
+//! what it masked per detector ([`Counts`]). [`ColumnPattern`] parses the `schema.table.column`
+//! patterns of whole-column rules and [`mask_whole`] masks such a value.
+//!
+//! Every protocol adapter (database rows, HTTP and MCP bodies, Redis replies, terminal output)
+//! uses this crate unchanged. It does no I/O and knows no protocol, policy or configuration
+//! format: deciding *whether* a caller sees a value unmasked, *which* detectors apply to a
+//! connection and *where* in a message text sits is the caller's business. Detectors find
+//! well-formed values only; masking is not access control.
+//!
+//! ```
+//! use gatehouse_mask::{CustomPattern, Detector, Masker};
+//!
+//! let masker = Masker::new(
+//!     &[Detector::Email, Detector::CreditCard],
+//!     &[CustomPattern::new("order_id", r"ORD-[0-9]{6}")],
+//! )?;
+//! let masked = masker.mask("ORD-123456: jane@example.com paid with 4242 4242 4242 4242");
+//! assert_eq!(masked.text(), "**********: j***@example.com paid with **** **** **** 4242");
+//! assert_eq!(masked.counts().get("email"), 1);
+//! assert!(!masker.mask("nothing to see").is_changed()); // borrowed, no allocation
+//! # Ok::<(), gatehouse_mask::MaskError>(())
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod checks;
+mod column;
+mod counts;
+mod detect;
+mod detector;
+mod error;
+mod forms;
+mod masker;
+mod scan;
+
+pub use column::{ColumnPattern, NamePattern};
+pub use counts::Counts;
+pub use detector::{CustomPattern, Detector};
+pub use error::MaskError;
+pub use forms::WHOLE_MASK;
+pub use masker::{Finding, Masked, Masker};
+
+/// Masks a whole value whatever its content, for column rules: always [`WHOLE_MASK`] (`****`),
+/// so neither the value nor its length (nor whether it was empty) shows.
+pub fn mask_whole(_value: &str) -> String {
+    WHOLE_MASK.to_owned()
+}
