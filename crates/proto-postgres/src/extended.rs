@@ -47,6 +47,13 @@ pub(crate) enum Described {
 }
 
 impl Described {
+    /// Keeps the server's `ParameterDescription` of a described statement.
+    pub fn parameters(&self, types: Vec<u32>) {
+        if let Described::Statement(p) = self {
+            p.set_param_types(types);
+        }
+    }
+
     /// Keeps the answer (`None` for `NoData`) where later phases find it.
     pub fn answered(&self, columns: Vec<Column>) {
         let (slot, pending) = match self {
@@ -67,6 +74,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct Prepared {
     pub requests: Vec<StatementRequest>,
+    /// Each parameter's type: as `Parse` declared it, then as the server described it.
+    pub param_types: Mutex<Vec<u32>>,
     /// Policy said "needs review" at `Parse`: decided again at `Bind`, with the values.
     pub decide_at_bind: bool,
     pub columns: Mutex<Option<Arc<[Column]>>>,
@@ -76,7 +85,22 @@ pub(crate) struct Prepared {
 
 impl Prepared {
     pub fn new(requests: Vec<StatementRequest>, decide_at_bind: bool) -> Prepared {
-        Prepared { requests, decide_at_bind, columns: Mutex::new(None), describing: AtomicBool::new(false) }
+        Prepared {
+            requests,
+            param_types: Mutex::new(Vec::new()),
+            decide_at_bind,
+            columns: Mutex::new(None),
+            describing: AtomicBool::new(false),
+        }
+    }
+
+    /// Parameter types to read binary values by (0 where unknown).
+    pub fn param_types(&self) -> Vec<u32> {
+        lock(&self.param_types).clone()
+    }
+
+    pub fn set_param_types(&self, types: Vec<u32>) {
+        *lock(&self.param_types) = types;
     }
 }
 
@@ -142,14 +166,11 @@ pub(crate) struct Extended {
 #[derive(Debug)]
 pub(crate) struct BindMessage {
     pub portal: String,
-    pub statement: String,
-    /// Each parameter as recorded (text when it is UTF-8, else hex; capped), `NULL` as `null`.
+    /// Each parameter as recorded: text-format values as sent, binary ones of common types read
+    /// by the statement's parameter types, anything else as hex; capped; `NULL` as `null`.
     pub params: Vec<String>,
     pub result_formats: Vec<i16>,
 }
-
-/// How much of each parameter value is recorded.
-const PARAM_RECORD_LIMIT: usize = 256;
 
 fn cstr(body: &[u8], at: &mut usize) -> Result<String, String> {
     let rest = body.get(*at..).ok_or("truncated message")?;
@@ -171,8 +192,8 @@ fn int32(body: &[u8], at: &mut usize) -> Result<i32, String> {
     Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// `Parse`: statement name and query text.
-pub(crate) fn parse_message(body: &[u8]) -> Result<(String, String), String> {
+/// `Parse`: statement name, query text, and the parameter types it declares (0: unspecified).
+pub(crate) fn parse_message(body: &[u8]) -> Result<(String, String, Vec<u32>), String> {
     let mut at = 0;
     let name = cstr(body, &mut at)?;
     let query = cstr(body, &mut at)?;
@@ -180,14 +201,23 @@ pub(crate) fn parse_message(body: &[u8]) -> Result<(String, String), String> {
     if n < 0 || body.len() != at + 4 * n as usize {
         return Err("bad parameter type list".into());
     }
-    Ok((name, query))
+    let types = (0..n).map(|_| int32(body, &mut at).map(|t| t as u32)).collect::<Result<_, _>>()?;
+    Ok((name, query, types))
+}
+
+/// `ParameterDescription` (`t`): the type of each parameter, as the server resolved them.
+pub(crate) fn parameter_description(body: &[u8]) -> Option<Vec<u32>> {
+    let mut at = 0;
+    let n = int16(body, &mut at).ok()?;
+    let types = (0..n.max(0)).map(|_| int32(body, &mut at).map(|t| t as u32)).collect::<Result<Vec<_>, _>>().ok()?;
+    (at == body.len()).then_some(types)
 }
 
 /// `Bind`: portal, statement, parameters and result formats.
-pub(crate) fn bind_message(body: &[u8]) -> Result<BindMessage, String> {
+pub(crate) fn bind_message(body: &[u8], types: &[u32]) -> Result<BindMessage, String> {
     let mut at = 0;
     let portal = cstr(body, &mut at)?;
-    let statement = cstr(body, &mut at)?;
+    cstr(body, &mut at)?;
     let nformats = int16(body, &mut at)?;
     if nformats < 0 {
         return Err("bad format count".into());
@@ -209,28 +239,14 @@ pub(crate) fn bind_message(body: &[u8]) -> Result<BindMessage, String> {
             _ => formats.get(i).is_some_and(|f| *f == 1),
         };
         let len = int32(body, &mut at)?;
-        if len < 0 {
-            params.push("null".to_string());
-            continue;
-        }
-        let value = body.get(at..at + len as usize).ok_or("truncated parameter")?;
-        at += len as usize;
-        let text = if binary { Err(()) } else { std::str::from_utf8(value).map_err(|_| ()) };
-        let shown = match text {
-            Ok(text) if text.len() <= PARAM_RECORD_LIMIT => text.to_string(),
-            Ok(text) => {
-                let mut end = PARAM_RECORD_LIMIT;
-                while !text.is_char_boundary(end) {
-                    end -= 1;
-                }
-                format!("{}… ({} bytes)", &text[..end], text.len())
-            }
-            Err(_) => {
-                let hex: String = value.iter().take(PARAM_RECORD_LIMIT / 2).map(|b| format!("{b:02x}")).collect();
-                format!("\\x{hex}{}", if value.len() > PARAM_RECORD_LIMIT / 2 { "…" } else { "" })
-            }
+        let value = if len < 0 {
+            None
+        } else {
+            let v = body.get(at..at + len as usize).ok_or("truncated parameter")?;
+            at += len as usize;
+            Some(v)
         };
-        params.push(shown);
+        params.push(crate::params::render(value, binary, types.get(i).copied().unwrap_or(0)));
     }
     let nresults = int16(body, &mut at)?;
     if nresults < 0 || body.len() != at + 2 * nresults as usize {
@@ -240,7 +256,14 @@ pub(crate) fn bind_message(body: &[u8]) -> Result<BindMessage, String> {
     for _ in 0..nresults {
         result_formats.push(int16(body, &mut at)?);
     }
-    Ok(BindMessage { portal, statement, params, result_formats })
+    Ok(BindMessage { portal, params, result_formats })
+}
+
+/// The statement a `Bind` names (read before the rest, which needs the statement's types).
+pub(crate) fn bind_statement(body: &[u8]) -> Result<String, String> {
+    let mut at = 0;
+    cstr(body, &mut at)?;
+    cstr(body, &mut at)
 }
 
 /// `Execute`: the portal.
@@ -304,18 +327,37 @@ mod tests {
         body.extend_from_slice(&[0xff, 0x00]);
         body.extend_from_slice(&1i16.to_be_bytes());
         body.extend_from_slice(&1i16.to_be_bytes());
-        let bind = bind_message(&body).unwrap();
-        assert_eq!((bind.portal.as_str(), bind.statement.as_str()), ("p1", "s1"));
+        let bind = bind_message(&body, &[]).unwrap();
+        assert_eq!((bind.portal.as_str(), bind_statement(&body).unwrap().as_str()), ("p1", "s1"));
         assert_eq!(bind.params, vec!["42".to_string(), "null".to_string(), "\\xff00".to_string()]);
         assert_eq!(bind.result_formats, vec![1]);
-        assert!(bind_message(&body[..body.len() - 3]).is_err());
+        assert!(bind_message(&body[..body.len() - 3], &[]).is_err());
+        // With the types known, the binary int4 reads as a number.
+        let mut typed = b"p1\0s1\0".to_vec();
+        typed.extend_from_slice(&1i16.to_be_bytes());
+        typed.extend_from_slice(&1i16.to_be_bytes());
+        typed.extend_from_slice(&1i16.to_be_bytes());
+        typed.extend_from_slice(&4i32.to_be_bytes());
+        typed.extend_from_slice(&42i32.to_be_bytes());
+        typed.extend_from_slice(&0i16.to_be_bytes());
+        assert_eq!(bind_message(&typed, &[23]).unwrap().params, vec!["42".to_string()]);
+        assert_eq!(bind_message(&typed, &[]).unwrap().params, vec!["\\x0000002a".to_string()]);
     }
 
     #[test]
     fn parse_and_targets() {
         let mut body = b"s\0SELECT 1\0".to_vec();
         body.extend_from_slice(&0i16.to_be_bytes());
-        assert_eq!(parse_message(&body).unwrap(), ("s".into(), "SELECT 1".into()));
+        assert_eq!(parse_message(&body).unwrap(), ("s".into(), "SELECT 1".into(), vec![]));
+        let mut typed = b"s\0SELECT $1\0".to_vec();
+        typed.extend_from_slice(&1i16.to_be_bytes());
+        typed.extend_from_slice(&23u32.to_be_bytes());
+        assert_eq!(parse_message(&typed).unwrap().2, vec![23]);
+        let mut description = 2i16.to_be_bytes().to_vec();
+        description.extend_from_slice(&23u32.to_be_bytes());
+        description.extend_from_slice(&25u32.to_be_bytes());
+        assert_eq!(parameter_description(&description), Some(vec![23, 25]));
+        assert_eq!(parameter_description(&description[..5]), None);
         assert!(parse_message(b"s\0SELECT 1").is_err());
         assert_eq!(target_message(b"Sname\0").unwrap(), (b'S', "name".into()));
         assert!(target_message(b"Xname\0").is_err());

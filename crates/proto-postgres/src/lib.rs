@@ -23,6 +23,7 @@ mod classify;
 mod extended;
 mod frontend;
 pub mod messages;
+mod params;
 mod session;
 mod tls;
 mod upstream;

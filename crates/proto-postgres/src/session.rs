@@ -713,8 +713,8 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
 
     async fn extended<U: AsyncWrite + Unpin>(&mut self, m: FrontendMessage, up: &mut U) -> Result<(), String> {
         use crate::extended::{
-            Described, Expect, Portal, Prepared, bind_message, describe_message, execute_message, parse_message,
-            target_message,
+            Described, Expect, Portal, Prepared, bind_message, bind_statement, describe_message, execute_message,
+            parse_message, target_message,
         };
         use std::sync::atomic::Ordering;
         if self.ext.discarding {
@@ -729,7 +729,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         let malformed = |e: String| format!("malformed {:?} message: {e}", m.tag() as char);
         match m.tag() {
             b'P' => {
-                let (name, query) = match parse_message(m.body()) {
+                let (name, query, types) = match parse_message(m.body()) {
                     Ok(p) => p,
                     Err(e) => {
                         self.fatal("08P01", &malformed(e.clone())).await;
@@ -749,13 +749,18 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                         _ => return self.refuse_recorded(&r.request, r.refuse.as_deref(), None, "at Parse", up).await,
                     }
                 }
-                self.ext.statements.insert(name, Arc::new(Prepared::new(requests, decide_at_bind)));
+                let prepared = Prepared::new(requests, decide_at_bind);
+                prepared.set_param_types(types);
+                self.ext.statements.insert(name, Arc::new(prepared));
                 self.ext.expects.push_back(Expect::Parse);
                 Self::forward(up, m.raw()).await
             }
             b'B' => {
-                let bind = bind_message(m.body()).map_err(malformed)?;
-                let Some(prepared) = self.ext.statements.get(&bind.statement).cloned() else {
+                let statement = bind_statement(m.body()).map_err(malformed)?;
+                let prepared = self.ext.statements.get(&statement).cloned();
+                let types = prepared.as_ref().map(|p| p.param_types()).unwrap_or_default();
+                let bind = bind_message(m.body(), &types).map_err(malformed)?;
+                let Some(prepared) = prepared else {
                     // Unknown to the gateway: the resource answers with its own error, or, for a
                     // statement prepared in SQL, the portal is refused at Execute.
                     self.ext.portals.remove(&bind.portal);
@@ -900,7 +905,16 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             b'1' | b'2' | b'3' => {
                 self.ext.expects.pop_front();
             }
-            b't' if matches!(self.ext.expects.front(), Some(Expect::Describe { own: true, .. })) => return Ok(()),
+            b't' => {
+                if let Some(Expect::Describe { target, own }) = self.ext.expects.front() {
+                    if let Some(types) = crate::extended::parameter_description(frame.body()) {
+                        target.parameters(types);
+                    }
+                    if *own {
+                        return Ok(());
+                    }
+                }
+            }
             b'T' | b'n' if matches!(self.ext.expects.front(), Some(Expect::Describe { .. })) => {
                 let columns = if frame.tag() == b'T' {
                     match frame.row_description() {
