@@ -43,4 +43,6 @@ pub use upstream::{
 pub use wire::{FrameReader, WireError};
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
