@@ -24,6 +24,9 @@ pub struct OpenRequest {
     pub secret: String,
     /// Whether the caller's transport is encrypted.
     pub tls: bool,
+    /// Whether the adapter applies a connection's masking to what it returns. If not, a session
+    /// on a connection with masking configured is refused: unmasked values never go out.
+    pub masks_responses: bool,
 }
 
 impl fmt::Debug for OpenRequest {

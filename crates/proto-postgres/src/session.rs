@@ -313,6 +313,8 @@ impl Session {
             claimed_user: Some(user),
             secret: password,
             tls,
+            // Masking of PostgreSQL results is not built yet.
+            masks_responses: false,
         };
         match pipeline.open(request).await {
             Ok(session) => Some(session),

@@ -263,6 +263,17 @@ impl Pipeline for DataPath {
             }
             Err(e) => return Err(self.refuse(&req, Some(&identity), OpenError::Unavailable(e.to_string())).await),
         };
+        if !req.masks_responses && (!conn.mask.is_empty() || !conn.mask_columns.is_empty()) {
+            // Fail closed: values the connection says to mask must not go out unmasked.
+            let rules: Vec<&str> = conn.mask.iter().chain(&conn.mask_columns).map(String::as_str).collect();
+            let err = OpenError::Unavailable(format!(
+                "connection \"{}\" masks values ({}), which the {} adapter does not do yet; refusing the session rather than returning them unmasked",
+                conn.name,
+                rules.join(", "),
+                req.protocol
+            ));
+            return Err(self.refuse(&req, Some(&identity), err).await);
+        }
         let mut context = serde_json::Map::new();
         context.insert("protocol".into(), json!(req.protocol));
         context.insert("time".into(), json!(now_ms() / 1000));

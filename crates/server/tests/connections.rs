@@ -145,6 +145,15 @@ fn unreachable_connection_and_bad_input_are_reported() {
             vec!["connections", "add", "x", "--type", "postgres", "--host", "h", "--mask-column", "users.ssn"],
             "schema.table.column",
         ),
+        (
+            vec!["connections", "add", "x", "--type", "postgres", "--host", "h", "--mask", "custom:order"],
+            "need a pattern",
+        ),
+        (
+            vec!["connections", "add", "x", "--type", "postgres", "--host", "h", "--mask-column", "public.us*rs.ssn"],
+            "column",
+        ),
+        (vec!["connections", "add", "x", "--type", "redis", "--host", "h", "--mask-column", "a.b.c"], "no columns"),
         (vec!["connections", "add", "dead", "--type", "redis", "--host", "h"], "already exists"),
         (vec!["connections", "update", "dead", "--type", "postgres"], "cannot change"),
         (vec!["connections", "show", "missing"], "not found"),
@@ -153,6 +162,27 @@ fn unreachable_connection_and_bad_input_are_reported() {
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
     }
+    // Valid masking settings are stored and shown as given.
+    gw.cli_ok(&[
+        "connections",
+        "add",
+        "masked",
+        "--type",
+        "postgres",
+        "--host",
+        "h",
+        "--mask",
+        "email,credit_card",
+        "--mask-column",
+        "public.users.*",
+        "--mask-column",
+        "*.*.ssn",
+    ])
+    .unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["connections", "show", "masked", "--json"]).unwrap()).unwrap();
+    assert_eq!(shown["mask"], serde_json::json!(["email", "credit_card"]));
+    assert_eq!(shown["mask_columns"], serde_json::json!(["public.users.*", "*.*.ssn"]));
     gw.cli_ok(&["connections", "add", "api", "--type", "http", "--url", "https://api.example.com/v1"]).unwrap();
     gw.cli_ok(&["connections", "rm", "api"]).unwrap();
     assert!(!gw.cli(&["connections", "show", "api"]).unwrap().status.success());

@@ -495,3 +495,20 @@ fn decisions_follow_the_statement_text_when_a_policy_reads_it() {
         assert_eq!(sqlstate(&e), "42501");
     });
 }
+
+#[test]
+fn a_connection_with_masking_is_refused_rather_than_served_unmasked() {
+    let f = Fixture::new();
+    f.gw.cli_ok(&["connections", "update", "pg", "--mask", "email"]).unwrap();
+    let out = f.app("SELECT 1;");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("masks values (email)") && err.contains("refusing the session"), "{err}");
+    // Recorded as a refused session, with the reason.
+    let list = f.gw.cli_ok(&["sessions", "list", "--identity", "app", "--json"]).unwrap();
+    assert!(list.contains("masks values"), "{list}");
+    // Without masking, the same caller gets in.
+    f.gw.cli_ok(&["connections", "update", "pg", "--mask", ""]).unwrap();
+    let out = f.app("SELECT 'in';");
+    assert_eq!(stdout(&out), "in\n", "{}", stderr(&out));
+}

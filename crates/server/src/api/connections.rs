@@ -18,7 +18,6 @@ use crate::app::Area;
 
 pub const TYPES: &[&str] = &["postgres", "mysql", "redis", "ssh", "http", "kubernetes"];
 pub const TLS_MODES: &[&str] = &["disable", "require", "verify-full"];
-pub const DETECTORS: &[&str] = &["email", "credit_card", "iban", "ssn", "phone", "ip", "secret"];
 
 fn default_port(kind: &str) -> Option<u16> {
     match kind {
@@ -348,31 +347,7 @@ fn build(
             return Err(ApiError::invalid(format!("tag key {k:?} must be non-empty without spaces or '='")));
         }
     }
-    for d in &r.mask {
-        let custom_ok = d.strip_prefix("custom:").is_some_and(|n| validate_name("detector", n).is_ok());
-        if !DETECTORS.contains(&d.as_str()) && !custom_ok {
-            return Err(ApiError::invalid(format!(
-                "unknown detector {d:?}; known: {}, custom:NAME",
-                DETECTORS.join(", ")
-            )));
-        }
-    }
-    for p in &r.mask_columns {
-        let ok = if uses_url(&r.kind) {
-            p.starts_with('$')
-        } else {
-            let parts: Vec<&str> = p.split('.').collect();
-            parts.len() == 3 && parts.iter().all(|s| !s.is_empty() && !s.contains(char::is_whitespace))
-        };
-        if !ok {
-            let expected = if uses_url(&r.kind) {
-                "a JSON path like $.customer.email"
-            } else {
-                "schema.table.column (with * for one name)"
-            };
-            return Err(ApiError::invalid(format!("mask column {p:?} must be {expected}")));
-        }
-    }
+    validate_masking(&r)?;
     if let Some(secret) = &input.secret {
         r.secret = Some(seal(app, &r.kind, secret, &default_aad(name))?);
     }
@@ -591,4 +566,40 @@ pub async fn test(
             TestResult { reachable: false, address, latency_ms: None, error: Some("no answer within 5 s".into()) }
         }
     }))
+}
+
+/// Masking settings must mean something for the connection's kind: known detectors, and column
+/// patterns in the form its adapter reads.
+fn validate_masking(r: &ConnectionRecord) -> Result<(), ApiError> {
+    for name in &r.mask {
+        let detector = gatehouse_mask::Detector::parse(name).map_err(|e| ApiError::invalid(format!("mask: {e}")))?;
+        if detector.custom_name().is_some() {
+            return Err(ApiError::invalid(format!(
+                "mask: {name:?}: custom detectors need a pattern, which connections do not take yet"
+            )));
+        }
+    }
+    for pattern in &r.mask_columns {
+        match r.kind.as_str() {
+            "postgres" | "mysql" => {
+                gatehouse_mask::ColumnPattern::parse(pattern).map_err(|e| {
+                    ApiError::invalid(format!(
+                        "mask column {pattern:?} must be schema.table.column (with * for one name): {e}"
+                    ))
+                })?;
+            }
+            "http" | "kubernetes" if pattern.starts_with('$') => {}
+            "http" | "kubernetes" => {
+                return Err(ApiError::invalid(format!(
+                    "mask_columns: {pattern:?} is not a JSON path (like $.customer.email)"
+                )));
+            }
+            kind => {
+                return Err(ApiError::invalid(format!(
+                    "mask_columns: a {kind} connection has no columns; use --mask detectors"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
