@@ -24,9 +24,12 @@ pub struct OpenRequest {
     pub secret: String,
     /// Whether the caller's transport is encrypted.
     pub tls: bool,
-    /// Whether the adapter applies a connection's masking to what it returns. If not, a session
-    /// on a connection with masking configured is refused: unmasked values never go out.
-    pub masks_responses: bool,
+    /// Whether the adapter applies a connection's value detectors (`--mask`) to what it returns.
+    /// If not, a session on a connection with detectors configured is refused: unmasked values
+    /// never go out.
+    pub masks_values: bool,
+    /// The same for whole-column rules (`--mask-column`).
+    pub masks_columns: bool,
 }
 
 impl fmt::Debug for OpenRequest {
@@ -82,6 +85,9 @@ pub struct OpenedSession {
     /// The connection as policy sees it (type and tags), as it was when the session opened.
     pub connection_info: crate::ConnectionInfo,
     pub upstream: UpstreamTarget,
+    /// The connection's value detectors (`email`, `credit_card`, …): what the adapter masks in
+    /// what it returns, unless policy permits `unmask`.
+    pub mask: Vec<String>,
 }
 
 /// Why a session was not opened. Adapters map each to their protocol's refusal.
@@ -141,6 +147,8 @@ pub struct RequestResult {
     pub bytes_in: u64,
     /// The names of the result's columns, when it has rows.
     pub columns: Vec<String>,
+    /// Values masked, by column and detector (never the values).
+    pub masked: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
 }
 
 /// The enforcement pipeline as adapters see it.
@@ -157,6 +165,9 @@ pub trait Pipeline: Send + Sync + 'static {
     /// Decides a request without recording it: for a check ahead of the real one (a prepared
     /// statement at `Parse`, decided and recorded again each time it runs).
     fn check(&self, session: &OpenedSession, req: &Request) -> impl Future<Output = Decision> + Send;
+
+    /// Whether the caller may see values of `resource` unmasked (`unmask`), as policy says now.
+    fn may_unmask(&self, session: &OpenedSession, resource: &Resource) -> impl Future<Output = bool> + Send;
 
     /// Records how a forwarded request ended, without waiting: nothing is held back for it, so
     /// the record rides with the next commit of the audit trail.

@@ -31,6 +31,8 @@ pub(crate) enum Expect {
         rows: u64,
         bytes: u64,
         portal: Option<Arc<Portal>>,
+        /// Values masked in its results.
+        masked: crate::masking::Tally,
     },
     /// A statement the gateway sent in place of a refused message so that the resource fails
     /// (and discards until `Sync`) at exactly that point: its error is replaced by this refusal.

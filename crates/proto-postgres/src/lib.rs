@@ -22,6 +22,7 @@ mod backend;
 mod classify;
 mod extended;
 mod frontend;
+mod masking;
 pub mod messages;
 mod params;
 mod session;

@@ -147,3 +147,86 @@ mod tests {
         assert_eq!(shown.len(), 2 + PARAM_RECORD_LIMIT + "…".len());
     }
 }
+
+/// `numeric` in binary: digit count, weight, sign, display scale, then base-10000 digits.
+pub(crate) fn decode_numeric(v: &[u8]) -> Option<String> {
+    let word = |i: usize| v.get(i * 2..i * 2 + 2).map(|b| i16::from_be_bytes([b[0], b[1]]));
+    let (ndigits, weight, sign, dscale) = (word(0)?, word(1)?, word(2)? as u16, word(3)?);
+    if ndigits < 0 || dscale < 0 || v.len() != 8 + 2 * ndigits as usize {
+        return None;
+    }
+    match sign {
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        0xF000 => return Some("-Infinity".into()),
+        0x0000 | 0x4000 => {}
+        _ => return None,
+    }
+    let digit =
+        |i: i32| -> i16 { if i >= 0 && i < i32::from(ndigits) { word(4 + i as usize).unwrap_or(0) } else { 0 } };
+    let mut out = String::new();
+    if sign == 0x4000 {
+        out.push('-');
+    }
+    if weight < 0 {
+        out.push('0');
+    } else {
+        for i in 0..=i32::from(weight) {
+            let d = digit(i);
+            if !(0..10000).contains(&d) {
+                return None;
+            }
+            if i == 0 { out.push_str(&d.to_string()) } else { out.push_str(&format!("{d:04}")) }
+        }
+    }
+    if dscale > 0 {
+        out.push('.');
+        let mut frac = String::new();
+        let mut i = i32::from(weight) + 1;
+        while frac.len() < dscale as usize {
+            let d = digit(i);
+            if !(0..10000).contains(&d) {
+                return None;
+            }
+            frac.push_str(&format!("{d:04}"));
+            i += 1;
+        }
+        out.push_str(&frac[..dscale as usize]);
+    }
+    Some(out)
+}
+
+/// The text form of a binary value the masking can inspect (`None`: it cannot).
+pub(crate) fn binary_as_text(type_oid: u32, v: &[u8]) -> Option<String> {
+    if type_oid == 1700 { decode_numeric(v) } else { decode_binary(type_oid, v) }
+}
+
+#[cfg(test)]
+mod numeric_tests {
+    use super::decode_numeric;
+
+    fn numeric(ndigits: i16, weight: i16, sign: u16, dscale: i16, digits: &[i16]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for w in [ndigits, weight, sign as i16, dscale] {
+            v.extend_from_slice(&w.to_be_bytes());
+        }
+        for d in digits {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn numerics_read_as_postgres_prints_them() {
+        assert_eq!(decode_numeric(&numeric(2, 0, 0, 2, &[19, 9000])).as_deref(), Some("19.90"));
+        assert_eq!(
+            decode_numeric(&numeric(4, 3, 0, 0, &[4242, 4242, 4242, 4242])).as_deref(),
+            Some("4242424242424242")
+        );
+        assert_eq!(decode_numeric(&numeric(1, -1, 0x4000, 4, &[5])).as_deref(), Some("-0.0005"));
+        assert_eq!(decode_numeric(&numeric(0, 0, 0, 0, &[])).as_deref(), Some("0"));
+        assert_eq!(decode_numeric(&numeric(0, 0, 0xC000, 0, &[])).as_deref(), Some("NaN"));
+        assert_eq!(decode_numeric(&numeric(2, 0, 0, 0, &[1])), None, "length mismatch");
+        assert_eq!(decode_numeric(&numeric(1, 0, 0, 0, &[10000])), None, "digit out of range");
+    }
+}

@@ -129,6 +129,8 @@ struct InFlight {
     error: Option<String>,
     /// The columns of the current statement's rows.
     columns: Vec<String>,
+    /// Values masked in the current statement's results.
+    masked: crate::masking::Tally,
 }
 
 enum Step {
@@ -313,8 +315,10 @@ impl Session {
             claimed_user: Some(user),
             secret: password,
             tls,
-            // Masking of PostgreSQL results is not built yet.
-            masks_responses: false,
+            // Value detectors are applied to what the resource returns; whole-column rules (which
+            // need the catalogue) are not yet, so connections with them are refused.
+            masks_values: true,
+            masks_columns: false,
         };
         match pipeline.open(request).await {
             Ok(session) => Some(session),
@@ -394,8 +398,23 @@ impl Session {
             forget_cancel(cancels, pid, key);
             return "the caller left".into();
         }
+        let masker = match crate::masking::for_detectors(&session.mask) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ =
+                    client_write.write_all(&fatal("08004", &format!("the connection's masking is invalid: {e}"))).await;
+                let _ = client_write.flush().await;
+                forget_cancel(cancels, pid, key);
+                return format!("invalid masking: {e}");
+            }
+        };
         let reason = Relay {
             session,
+            active_mask: masker.clone(),
+            masker,
+            copy_out: CopyOut::Plain,
+            drop_complete: false,
+            row_columns: None,
             pipeline,
             statements,
             search_path,
@@ -517,6 +536,27 @@ struct Relay<'a, P: Pipeline, S: Statements, W: AsyncWrite + Unpin> {
     ext: crate::extended::Extended,
     /// The resource asked for `COPY FROM STDIN` data.
     copy_in: bool,
+    /// The connection's value detectors, if it has any.
+    masker: Option<Arc<gatehouse_mask::Masker>>,
+    /// What masks the current statement's results: the connection's detectors, unless policy
+    /// lets this caller `unmask` (checked at each statement).
+    active_mask: Option<Arc<gatehouse_mask::Masker>>,
+    /// How `COPY … TO STDOUT` data of the current statement is passed on.
+    copy_out: CopyOut,
+    /// A refused binary `COPY` output ended with an error: the server's completion is dropped.
+    drop_complete: bool,
+    /// The columns of the rows the simple query in flight returns now.
+    row_columns: Option<Vec<crate::Column>>,
+}
+
+/// `COPY … TO STDOUT` data under masking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyOut {
+    Plain,
+    /// Text or CSV rows: each masked.
+    Masked,
+    /// Binary rows cannot be masked: dropped, and the copy ends with an error.
+    Refused,
 }
 
 impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W> {
@@ -738,7 +778,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                         return Err(malformed(e));
                     }
                 };
-                let requests = self.statements.requests(&query, &self.session.connection, &self.search_path);
+                let requests = self.requests(&query);
                 // Refused at Parse when policy already says no; one that needs review is decided
                 // at Bind, with its values; each Execute is decided and recorded again, so a
                 // policy change in between applies.
@@ -778,7 +818,8 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                         }
                     }
                 }
-                let portal = Portal::new(prepared, bind.params, bind.result_formats);
+                let params = bind.params.into_iter().map(|p| crate::masking::text(self.masker.as_deref(), p)).collect();
+                let portal = Portal::new(prepared, params, bind.result_formats);
                 self.ext.portals.insert(bind.portal, Arc::new(portal));
                 self.ext.expects.push_back(Expect::Bind);
                 Self::forward(up, m.raw()).await
@@ -823,12 +864,14 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                         .expects
                         .push_back(Expect::Describe { target: Described::Portal(portal.clone()), own: true });
                 }
+                self.refresh_mask().await;
                 self.ext.expects.push_back(Expect::Execute {
                     seq,
                     started: Instant::now(),
                     rows: 0,
                     bytes: 0,
                     portal: Some(portal),
+                    masked: Default::default(),
                 });
                 Self::forward(up, m.raw()).await
             }
@@ -873,8 +916,77 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         }
     }
 
+    /// The statements of `sql` as requests. What they record of the text is masked like the
+    /// results (a value the caller typed is not kept in clear either); policy still sees the
+    /// text as sent.
+    fn requests(&self, sql: &str) -> Vec<StatementRequest> {
+        let mut requests = self.statements.requests(sql, &self.session.connection, &self.search_path);
+        if let Some(masker) = self.masker.as_deref() {
+            for r in &mut requests {
+                r.request.text = crate::masking::text(Some(masker), std::mem::take(&mut r.request.text));
+            }
+        }
+        requests
+    }
+
+    /// Re-checks whether this caller may see the connection's masked values unmasked.
+    async fn refresh_mask(&mut self) {
+        if let Some(masker) = &self.masker {
+            let connection = gatehouse_core::Resource::Connection { connection: self.session.connection.clone() };
+            let clear = self.pipeline.may_unmask(self.session, &connection).await;
+            self.active_mask = if clear { None } else { Some(masker.clone()) };
+        }
+    }
+
+    /// Sends an error, notice or notification with what it carries masked.
+    async fn send_masked(&mut self, frame: &BackendFrame) -> Result<(), String> {
+        let masked = self.active_mask.as_deref().and_then(|m| match frame.tag() {
+            b'A' => crate::masking::notification(frame.body(), m),
+            tag => crate::masking::error_fields(tag, frame.body(), m),
+        });
+        self.send_client(masked.as_ref().unwrap_or(frame.raw())).await
+    }
+
+    /// `COPY … TO STDOUT` messages under masking: what to send, if anything.
+    fn copy_out_frame(&mut self, frame: &BackendFrame, tally: &mut crate::masking::Tally) -> Option<Bytes> {
+        let Some(masker) = self.active_mask.clone() else { return Some(frame.raw().clone()) };
+        match frame.tag() {
+            b'H' => {
+                self.copy_out = if frame.body().first() == Some(&1) { CopyOut::Refused } else { CopyOut::Masked };
+                Some(frame.raw().clone())
+            }
+            b'd' => match self.copy_out {
+                CopyOut::Refused => None,
+                CopyOut::Masked => {
+                    Some(crate::masking::copy_data(frame.body(), &masker, tally).unwrap_or_else(|| frame.raw().clone()))
+                }
+                CopyOut::Plain => Some(frame.raw().clone()),
+            },
+            _ => {
+                // CopyDone.
+                let refused = std::mem::replace(&mut self.copy_out, CopyOut::Plain) == CopyOut::Refused;
+                if refused {
+                    self.drop_complete = true;
+                    return Some(messages::error_response(
+                        Severity::Error,
+                        "0A000",
+                        "binary COPY output cannot be masked on this connection; use COPY … TO STDOUT in text or csv format",
+                        None,
+                        None,
+                    ));
+                }
+                Some(frame.raw().clone())
+            }
+        }
+    }
+
+    async fn malformed_from_resource(&mut self, e: &str) -> Result<(), String> {
+        self.fatal("08P01", "the resource sent a malformed message").await;
+        Err(format!("malformed message from the resource: {e}"))
+    }
+
     fn finish_execute(&self, expect: crate::extended::Expect, command: Option<String>, error: Option<String>) {
-        if let crate::extended::Expect::Execute { seq: Some(seq), started, rows, bytes, portal } = expect {
+        if let crate::extended::Expect::Execute { seq: Some(seq), started, rows, bytes, portal, masked } = expect {
             let rows = command
                 .as_deref()
                 .and_then(|c| c.rsplit(' ').next())
@@ -892,6 +1004,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 bytes_out: bytes,
                 bytes_in: 0,
                 columns,
+                masked,
             };
             self.pipeline.finish(self.session, seq, result);
         }
@@ -937,15 +1050,41 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 }
             }
             b'D' => {
-                if let Some(Expect::Execute { rows, bytes, .. }) = self.ext.expects.front_mut() {
+                if let Some(Expect::Execute { rows, bytes, portal, masked, .. }) = self.ext.expects.front_mut() {
                     *rows += 1;
                     *bytes += frame.raw().len() as u64;
+                    if let Some(masker) = &self.active_mask {
+                        let columns = portal.as_ref().and_then(|p| p.columns());
+                        match crate::masking::data_row(frame.body(), columns.as_deref(), masker, masked) {
+                            Ok(Some(row)) => return self.send_client(&row).await,
+                            Ok(None) => {}
+                            Err(e) => return self.malformed_from_resource(e).await,
+                        }
+                    }
                 }
             }
-            b'd' => {
-                if let Some(Expect::Execute { bytes, .. }) = self.ext.expects.front_mut() {
+            b'H' | b'd' | b'c' => {
+                if frame.tag() == b'd'
+                    && let Some(Expect::Execute { bytes, .. }) = self.ext.expects.front_mut()
+                {
                     *bytes += frame.raw().len() as u64;
                 }
+                let mut tally = crate::masking::Tally::new();
+                let out = self.copy_out_frame(&frame, &mut tally);
+                if let Some(Expect::Execute { masked, .. }) = self.ext.expects.front_mut() {
+                    merge_tally(masked, tally);
+                }
+                return match out {
+                    Some(bytes) => self.send_client(&bytes).await,
+                    None => Ok(()),
+                };
+            }
+            b'A' | b'N' => return self.send_masked(&frame).await,
+            b'C' if std::mem::take(&mut self.drop_complete) => {
+                if let Some(e) = self.ext.expects.pop_front() {
+                    self.finish_execute(e, None, Some("binary COPY output cannot be masked".into()));
+                }
+                return Ok(());
             }
             b'C' | b'I' | b's' => {
                 if let Some(e) = self.ext.expects.pop_front() {
@@ -969,10 +1108,11 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                     Some(Expect::Injected(refusal)) => return self.send_client(&refusal).await,
                     Some(other) => {
                         let e = frame.error_fields().map(|f| format!("{}: {}", f.code, f.message)).unwrap_or_default();
-                        self.finish_execute(other, None, Some(e));
+                        self.finish_execute(other, None, Some(crate::masking::text(self.masker.as_deref(), e)));
                     }
                     None => {}
                 }
+                return self.send_masked(&frame).await;
             }
             b'Z' => {
                 while let Some(e) = self.ext.expects.pop_front() {
@@ -1012,7 +1152,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 return Err(format!("malformed query: {e}"));
             }
         };
-        let batch = self.statements.requests(&text, &self.session.connection, &self.search_path);
+        let batch = self.requests(&text);
         if batch.is_empty() {
             // An empty query string: the resource answers EmptyQueryResponse.
             self.in_flight = Some(InFlight {
@@ -1023,6 +1163,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 bytes: 0,
                 error: None,
                 columns: vec![],
+                masked: Default::default(),
             });
             return up.write_all(m.raw()).await.map_err(|e| format!("the resource connection was lost: {e}"));
         }
@@ -1075,7 +1216,9 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             bytes: 0,
             error: None,
             columns: vec![],
+            masked: Default::default(),
         });
+        self.refresh_mask().await;
         up.write_all(m.raw()).await.map_err(|e| format!("the resource connection was lost: {e}"))?;
         up.flush().await.map_err(|e| format!("the resource connection was lost: {e}"))
     }
@@ -1127,6 +1270,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 bytes_out: f.bytes,
                 bytes_in: 0,
                 columns: std::mem::take(&mut f.columns),
+                masked: std::mem::take(&mut f.masked),
             };
             self.pipeline.finish(self.session, seq, result);
         }
@@ -1168,28 +1312,52 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 if let Some(f) = self.in_flight.as_mut() {
                     f.rows += 1;
                     f.bytes += frame.raw().len() as u64;
+                    if let Some(masker) = &self.active_mask {
+                        match crate::masking::data_row(frame.body(), self.row_columns.as_deref(), masker, &mut f.masked)
+                        {
+                            Ok(Some(row)) => return self.send_client(&row).await,
+                            Ok(None) => {}
+                            Err(e) => return self.malformed_from_resource(e).await,
+                        }
+                    }
                 }
+            }
+            b'H' | b'd' | b'c' => {
+                let mut tally = crate::masking::Tally::new();
+                let out = self.copy_out_frame(&frame, &mut tally);
+                if let Some(f) = self.in_flight.as_mut() {
+                    if frame.tag() == b'd' {
+                        f.bytes += frame.raw().len() as u64;
+                    }
+                    merge_tally(&mut f.masked, tally);
+                }
+                if self.drop_complete && frame.tag() == b'c' {
+                    self.statement_done(None, Some("binary COPY output cannot be masked".into()));
+                }
+                return match out {
+                    Some(bytes) => self.send_client(&bytes).await,
+                    None => Ok(()),
+                };
+            }
+            b'C' if std::mem::take(&mut self.drop_complete) => return Ok(()),
+            b'T' => {
+                let columns = frame.row_description().ok();
+                if let Some(f) = self.in_flight.as_mut() {
+                    f.columns = columns.iter().flatten().map(|c| c.name.clone()).collect();
+                }
+                self.row_columns = columns;
             }
             b'C' => {
                 let tag = frame.command_tag().ok().map(String::from);
                 self.statement_done(tag, None);
             }
             b'I' => self.statement_done(None, None),
-            b'd' => {
-                if let Some(f) = self.in_flight.as_mut() {
-                    f.bytes += frame.raw().len() as u64;
-                }
-            }
-            b'T' => {
-                if let Some(f) = self.in_flight.as_mut() {
-                    f.columns =
-                        frame.row_description().map(|c| c.into_iter().map(|c| c.name).collect()).unwrap_or_default();
-                }
-            }
             b'E' if self.in_flight.is_some() => {
                 let e = frame.error_fields().map(|f| format!("{}: {}", f.code, f.message)).unwrap_or_default();
-                self.statement_done(None, Some(e));
+                self.statement_done(None, Some(crate::masking::text(self.masker.as_deref(), e)));
+                return self.send_masked(&frame).await;
             }
+            b'E' | b'N' | b'A' => return self.send_masked(&frame).await,
             b'G' => self.start_copy_in(up).await?,
             _ => {}
         }
@@ -1236,4 +1404,14 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+/// Adds one tally of masked values to another.
+fn merge_tally(into: &mut crate::masking::Tally, from: crate::masking::Tally) {
+    for (column, detectors) in from {
+        let entry = into.entry(column).or_default();
+        for (detector, n) in detectors {
+            *entry.entry(detector).or_default() += n;
+        }
+    }
 }

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub requests: Family<Labels, Counter>,
     pub upstream_errors: Family<Labels, Counter>,
     pub authentications: Family<Labels, Counter>,
+    masked: Family<Labels, Counter>,
     pub audit_events: Counter,
     pub audit_failures: Counter,
     pub audit_commit_seconds: Histogram,
@@ -54,7 +55,7 @@ impl Metrics {
         for detector in ["email", "credit_card", "iban", "ssn", "phone", "ip", "secret"] {
             let _ = masked.get_or_create(&vec![("detector", detector.to_string())]);
         }
-        registry.register("masked_values", "Values masked in responses, by detector", masked);
+        registry.register("masked_values", "Values masked in responses, by detector", masked.clone());
         let upstream_errors = Family::<Labels, Counter>::default();
         registry.register(
             "upstream_errors",
@@ -87,6 +88,7 @@ impl Metrics {
         build.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())]).set(1);
         registry.register("build_info", "The running version", build);
         Arc::new(Metrics {
+            masked,
             registry,
             sessions,
             requests,
@@ -97,6 +99,11 @@ impl Metrics {
             audit_commit_seconds,
             audit_queue_depth,
         })
+    }
+
+    /// Counts values masked by one detector (`custom:NAME` for custom ones).
+    pub fn masked(&self, detector: &str, n: u64) {
+        self.masked.get_or_create(&vec![("detector", detector.to_string())]).inc_by(n);
     }
 
     /// Counts a request's decision.

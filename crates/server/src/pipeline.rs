@@ -263,13 +263,17 @@ impl Pipeline for DataPath {
             }
             Err(e) => return Err(self.refuse(&req, Some(&identity), OpenError::Unavailable(e.to_string())).await),
         };
-        if !req.masks_responses && (!conn.mask.is_empty() || !conn.mask_columns.is_empty()) {
+        let unapplied: Vec<&str> = (if req.masks_values { &[][..] } else { &conn.mask[..] })
+            .iter()
+            .chain(if req.masks_columns { &[][..] } else { &conn.mask_columns[..] })
+            .map(String::as_str)
+            .collect();
+        if !unapplied.is_empty() {
             // Fail closed: values the connection says to mask must not go out unmasked.
-            let rules: Vec<&str> = conn.mask.iter().chain(&conn.mask_columns).map(String::as_str).collect();
             let err = OpenError::Unavailable(format!(
                 "connection \"{}\" masks values ({}), which the {} adapter does not do yet; refusing the session rather than returning them unmasked",
                 conn.name,
-                rules.join(", "),
+                unapplied.join(", "),
                 req.protocol
             ));
             return Err(self.refuse(&req, Some(&identity), err).await);
@@ -355,6 +359,7 @@ impl Pipeline for DataPath {
                 ca_file: conn.ca_file.clone(),
                 stamp,
             },
+            mask: conn.mask.clone(),
         })
     }
 
@@ -384,12 +389,32 @@ impl Pipeline for DataPath {
         })
     }
 
+    async fn may_unmask(&self, session: &OpenedSession, resource: &Resource) -> bool {
+        let request = Request {
+            text: String::new(),
+            fingerprint: None,
+            accesses: vec![("unmask".to_string(), resource.clone())],
+            note: None,
+            context: serde_json::Map::new(),
+            params: Vec::new(),
+        };
+        self.decide(session, &request).await.is_ok_and(|d| d.outcome == Outcome::Allow)
+    }
+
     fn finish(&self, session: &OpenedSession, seq: i64, result: RequestResult) {
+        for by_detector in result.masked.values() {
+            for (detector, n) in by_detector {
+                self.app.metrics.masked(detector, *n);
+            }
+        }
         let mut payload = json!({"request_seq": seq, "status": if result.error.is_some() { "error" } else { "ok" },
             "duration_ms": result.duration_ms, "rows": result.rows, "command": result.command, "error": result.error,
             "bytes_out": result.bytes_out, "bytes_in": result.bytes_in});
         if !result.columns.is_empty() {
             payload["columns"] = json!(result.columns);
+        }
+        if !result.masked.is_empty() {
+            payload["masked"] = json!(result.masked);
         }
         let entry = Entry {
             session_id: Some(session.id.clone()),

@@ -1,0 +1,269 @@
+//! Masking what the resource returns, with the connection's value detectors
+//! (`gatehouse-mask`): values in `DataRow`s (text and binary format), `COPY … TO STDOUT` data,
+//! the text fields of errors and notices, and notification payloads. A value whose type cannot
+//! hold masked text (a number, a date, …) becomes NULL instead, so the caller's decoding never
+//! breaks; a binary value the gateway cannot read (arrays, composites, ranges, …) becomes NULL
+//! too, since it cannot be checked.
+
+use std::collections::BTreeMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use gatehouse_mask::Masker;
+
+use crate::Column;
+use crate::params::binary_as_text;
+
+/// Values masked in one statement's results: column → detector → count.
+pub(crate) type Tally = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// Types whose text form is free text: a masked value stays a valid value of the type.
+fn free_text(oid: u32) -> bool {
+    matches!(
+        oid,
+        18 | 19 | 25 | 114 | 142 | 705 | 1042 | 1043 | 3802
+        // Arrays of those: `{a***@example.com,…}` is still a valid array literal.
+        | 1002 | 1003 | 1009 | 1014 | 1015 | 199 | 143 | 3807
+    )
+}
+
+/// Binary types that carry no text a detector could find.
+fn opaque_binary(oid: u32) -> bool {
+    // bytea, time, timetz, interval, money, point, box, …
+    matches!(oid, 17 | 1083 | 1266 | 1186 | 790 | 600 | 601 | 602 | 603 | 604 | 628 | 718)
+}
+
+enum Value {
+    Same,
+    Text(String),
+    Null,
+}
+
+/// One value: what to send instead, if anything.
+fn mask_value(v: &[u8], column: Option<&Column>, masker: &Masker, tally: &mut Tally, name: &str) -> Value {
+    let (oid, binary) = column.map_or((0, false), |c| (c.type_oid, c.format == 1));
+    let count = |counts: &gatehouse_mask::Counts, tally: &mut Tally| {
+        let entry = tally.entry(name.to_string()).or_default();
+        for (detector, n) in counts.iter() {
+            *entry.entry(detector.to_string()).or_default() += n;
+        }
+    };
+    if !binary {
+        // Text format: the client encoding is UTF-8 unless the caller chose otherwise; what
+        // cannot be read cannot be checked.
+        let Ok(text) = std::str::from_utf8(v) else { return Value::Null };
+        let masked = masker.mask(text);
+        if !masked.is_changed() {
+            return Value::Same;
+        }
+        count(masked.counts(), tally);
+        return if free_text(oid) || oid == 0 { Value::Text(masked.into_text().into_owned()) } else { Value::Null };
+    }
+    if opaque_binary(oid) {
+        return Value::Same;
+    }
+    if oid == 3802 {
+        // jsonb: a version byte, then its text.
+        let Some((1, json)) = v.split_first() else { return Value::Null };
+        let Ok(text) = std::str::from_utf8(json) else { return Value::Null };
+        let masked = masker.mask(text);
+        if !masked.is_changed() {
+            return Value::Same;
+        }
+        count(masked.counts(), tally);
+        let mut out = String::from("\u{1}");
+        out.push_str(&masked.into_text());
+        return Value::Text(out);
+    }
+    let scalar_text = free_text(oid) && !text_array(oid);
+    let readable = if scalar_text { std::str::from_utf8(v).ok().map(String::from) } else { binary_as_text(oid, v) };
+    let Some(text) = readable else {
+        // Arrays, composites, ranges and types the gateway cannot read: what text they carry
+        // is checked as it stands in the bytes; anything found makes the value NULL.
+        let lossy = String::from_utf8_lossy(v);
+        let masked = masker.mask(&lossy);
+        if !masked.is_changed() {
+            return Value::Same;
+        }
+        count(masked.counts(), tally);
+        return Value::Null;
+    };
+    let masked = masker.mask(&text);
+    if !masked.is_changed() {
+        return Value::Same;
+    }
+    count(masked.counts(), tally);
+    if scalar_text { Value::Text(masked.into_text().into_owned()) } else { Value::Null }
+}
+
+fn text_array(oid: u32) -> bool {
+    matches!(oid, 1002 | 1003 | 1009 | 1014 | 1015 | 199 | 143 | 3807)
+}
+
+/// A `DataRow` with its values masked, or `None` when nothing in it needed masking. Errs on a
+/// malformed row (the relay refuses to forward it).
+pub(crate) fn data_row(
+    body: &[u8],
+    columns: Option<&[Column]>,
+    masker: &Masker,
+    tally: &mut Tally,
+) -> Result<Option<Bytes>, &'static str> {
+    let count = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])).ok_or("DataRow too short")?;
+    let count = usize::try_from(count).map_err(|_| "negative column count")?;
+    let mut at = 2;
+    // Each value: its bytes (None for NULL) and what to send instead.
+    let mut values: Vec<(Option<&[u8]>, Value)> = Vec::with_capacity(count);
+    let mut changed = false;
+    for i in 0..count {
+        let len =
+            body.get(at..at + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).ok_or("truncated DataRow")?;
+        at += 4;
+        if len < 0 {
+            values.push((None, Value::Same));
+            continue;
+        }
+        let end = at + len as usize;
+        let v = body.get(at..end).ok_or("truncated DataRow")?;
+        let column = columns.and_then(|c| c.get(i));
+        let name = column.map_or_else(|| format!("column {}", i + 1), |c| c.name.clone());
+        let out = mask_value(v, column, masker, tally, &name);
+        changed |= !matches!(out, Value::Same);
+        values.push((Some(v), out));
+        at = end;
+    }
+    if at != body.len() {
+        return Err("bytes after the last DataRow value");
+    }
+    if !changed {
+        return Ok(None);
+    }
+    let mut out = BytesMut::with_capacity(body.len() + 16);
+    out.put_u8(b'D');
+    out.put_i32(0);
+    out.put_i16(count as i16);
+    for (original, value) in &values {
+        match (original, value) {
+            (None, _) | (_, Value::Null) => out.put_i32(-1),
+            (Some(v), Value::Same) => {
+                out.put_i32(v.len() as i32);
+                out.put_slice(v);
+            }
+            (Some(_), Value::Text(t)) => {
+                out.put_i32(t.len() as i32);
+                out.put_slice(t.as_bytes());
+            }
+        }
+    }
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Ok(Some(out.freeze()))
+}
+
+/// An `ErrorResponse` or `NoticeResponse` with its text fields masked, or `None` if unchanged.
+pub(crate) fn error_fields(tag: u8, body: &[u8], masker: &Masker) -> Option<Bytes> {
+    let mut out = BytesMut::with_capacity(body.len() + 16);
+    out.put_u8(tag);
+    out.put_i32(0);
+    let mut changed = false;
+    let mut rest = body;
+    while let [kind, tail @ ..] = rest {
+        if *kind == 0 {
+            break;
+        }
+        let end = tail.iter().position(|b| *b == 0)?;
+        let value = &tail[..end];
+        rest = &tail[end + 1..];
+        out.put_u8(*kind);
+        // Severity, code, position, and the server's source location carry no data.
+        let text_field = !matches!(kind, b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R');
+        match std::str::from_utf8(value) {
+            Ok(text) if text_field => {
+                let masked = masker.mask(text);
+                changed |= masked.is_changed();
+                out.put_slice(masked.text().as_bytes());
+            }
+            _ => out.put_slice(value),
+        }
+        out.put_u8(0);
+    }
+    out.put_u8(0);
+    if !changed {
+        return None;
+    }
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Some(out.freeze())
+}
+
+/// A `NotificationResponse` with its payload masked, or `None` if unchanged.
+pub(crate) fn notification(body: &[u8], masker: &Masker) -> Option<Bytes> {
+    let pid = body.get(..4)?;
+    let rest = &body[4..];
+    let end = rest.iter().position(|b| *b == 0)?;
+    let (channel, payload) = (&rest[..end], &rest[end + 1..]);
+    let payload = payload.strip_suffix(&[0])?;
+    let masked = masker.mask(std::str::from_utf8(payload).ok()?);
+    if !masked.is_changed() {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(body.len() + 16);
+    out.put_u8(b'A');
+    out.put_i32(0);
+    out.put_slice(pid);
+    out.put_slice(channel);
+    out.put_u8(0);
+    out.put_slice(masked.text().as_bytes());
+    out.put_u8(0);
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Some(out.freeze())
+}
+
+/// A `CopyData` row of a text or CSV `COPY … TO STDOUT`, masked, or `None` if unchanged.
+pub(crate) fn copy_data(body: &[u8], masker: &Masker, tally: &mut Tally) -> Option<Bytes> {
+    let masked = masker.mask(std::str::from_utf8(body).ok()?);
+    if !masked.is_changed() {
+        return None;
+    }
+    let entry = tally.entry("copy".to_string()).or_default();
+    for (detector, n) in masked.counts().iter() {
+        *entry.entry(detector.to_string()).or_default() += n;
+    }
+    let mut out = BytesMut::with_capacity(body.len() + 16);
+    out.put_u8(b'd');
+    out.put_i32((masked.text().len() + 4) as i32);
+    out.put_slice(masked.text().as_bytes());
+    Some(out.freeze())
+}
+
+/// The masker for a list of detectors, built once per distinct list (compiling the detectors'
+/// patterns is not free) and shared by every session that uses it. `None` for no detectors.
+pub(crate) fn for_detectors(names: &[String]) -> Result<Option<std::sync::Arc<Masker>>, String> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex};
+    static BUILT: LazyLock<Mutex<HashMap<Vec<String>, Arc<Masker>>>> = LazyLock::new(Default::default);
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(m) = built.get(names) {
+        return Ok(Some(m.clone()));
+    }
+    let detectors = names
+        .iter()
+        .map(|n| gatehouse_mask::Detector::parse(n).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let masker = Arc::new(Masker::new(&detectors, &[]).map_err(|e| e.to_string())?);
+    built.insert(names.to_vec(), masker.clone());
+    Ok(Some(masker))
+}
+
+/// `text` with what the masker finds masked (for what the gateway records).
+pub(crate) fn text(masker: Option<&Masker>, text: String) -> String {
+    match masker {
+        Some(m) => match m.mask(&text).into_text() {
+            std::borrow::Cow::Borrowed(_) => text,
+            std::borrow::Cow::Owned(masked) => masked,
+        },
+        None => text,
+    }
+}
