@@ -138,3 +138,74 @@ proptest! {
         prop_assert_eq!(read, frames);
     }
 }
+
+/// A value of a generated row: NULL, plain text, or text around an email address.
+fn row_value() -> impl Strategy<Value = Option<(String, Option<String>)>> {
+    prop_oneof![
+        Just(None),
+        "[a-z0-9 ,.;]{0,20}".prop_map(|t| Some((t, None))),
+        ("[a-z]{2,8}", "[a-z]{2,8}", "[a-z ]{0,6}", "[ a-z]{0,6}").prop_map(|(user, domain, before, after)| {
+            let email = format!("{user}@{domain}.com");
+            Some((format!("{before} {email} {after}"), Some(email)))
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn masked_rows_keep_valid_framing_and_never_carry_an_address(values in proptest::collection::vec(row_value(), 0..8),
+                                                                 binary in any::<bool>()) {
+        let masker = gatehouse_mask::Masker::new(&[gatehouse_mask::Detector::Email], &[]).unwrap();
+        let columns: Vec<crate::Column> = (0..values.len())
+            .map(|i| crate::Column {
+                name: format!("c{i}"),
+                table_oid: 0,
+                column_number: 0,
+                type_oid: 25,
+                type_size: -1,
+                type_modifier: -1,
+                format: i16::from(binary),
+            })
+            .collect();
+        let mut body = (values.len() as i16).to_be_bytes().to_vec();
+        for v in &values {
+            match v {
+                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some((text, _)) => {
+                    body.extend_from_slice(&(text.len() as i32).to_be_bytes());
+                    body.extend_from_slice(text.as_bytes());
+                }
+            }
+        }
+        let mut tally = crate::masking::Tally::new();
+        let out = crate::masking::data_row(&body, Some(&columns), &masker, &mut tally).unwrap();
+        let emails: Vec<&String> = values.iter().flatten().filter_map(|(_, e)| e.as_ref()).collect();
+        match out {
+            None => prop_assert!(emails.is_empty(), "unchanged although it held {emails:?}"),
+            Some(frame) => {
+                let frame = BackendFrame::from_raw(frame).unwrap();
+                prop_assert_eq!(frame.tag(), b'D');
+                prop_assert_eq!(usize::from(frame.data_row_columns().unwrap()), values.len());
+                // Walk the values: every length is consistent and no address survived.
+                let b = frame.body();
+                let mut at = 2;
+                for v in &values {
+                    let len = i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+                    at += 4;
+                    if len < 0 {
+                        prop_assert!(v.is_none());
+                        continue;
+                    }
+                    let text = std::str::from_utf8(&b[at..at + len as usize]).unwrap();
+                    at += len as usize;
+                    for email in &emails {
+                        prop_assert!(!text.contains(email.as_str()), "{email} survived in {text:?}");
+                    }
+                }
+                prop_assert_eq!(at, b.len());
+                let counted: u64 = tally.values().flat_map(|d| d.values()).sum();
+                prop_assert_eq!(counted as usize, emails.len());
+            }
+        }
+    }
+}
