@@ -8,6 +8,8 @@
 #   bench/pgbench.sh                    # defaults: CLIENTS="1 16" DURATION=5 RUNS=3 SCALE=10
 #   CLIENTS="1 4 16" DURATION=10 bench/pgbench.sh
 #   FSYNC=off bench/pgbench.sh          # [audit] fsync: batch (default) or off
+#   MASKING=0 bench/pgbench.sh          # skip the masking case (on by default: 100k rows read
+#                                       # directly, through Gatehouse, and through Gatehouse masking)
 #   PROFILE=1 bench/pgbench.sh          # then profile Gatehouse (perf) under 1-client pgbench -S
 #   PROFILE=1 PROFILE_MODE=extended PROFILE_CLIENTS=16 bench/pgbench.sh   # another load to profile
 #   PROFILE=1 KEEP_PROFILE=gh.perf ...  # and keep the perf data for `perf report -i gh.perf`
@@ -100,10 +102,16 @@ export GATEHOUSE_SERVER="http://127.0.0.1:$API_PORT" GATEHOUSE_TOKEN
 GATEHOUSE_TOKEN=$(cat "$TMP/gw/admin.token")
 "$GATEHOUSE" connections add bench --type postgres --host 127.0.0.1 --port "$PG_PORT" --database postgres \
     --user postgres --tls disable 2>/dev/null
+"$GATEHOUSE" connections add bench_masked --type postgres --host 127.0.0.1 --port "$PG_PORT" --database postgres \
+    --user postgres --tls disable --mask email,credit_card 2>/dev/null
 BENCH_TOKEN=$("$GATEHOUSE" identities add bench --groups bench)
 cat >"$TMP/bench.cedar" <<'CEDAR'
 @id("bench-all")
 permit (principal in Group::"bench", action, resource in Connection::"bench");
+
+@id("bench-masked-all-but-unmask")
+permit (principal in Group::"bench", action, resource in Connection::"bench_masked")
+unless { action == Action::"unmask" };
 CEDAR
 "$GATEHOUSE" policies set "$TMP/bench.cedar" >/dev/null
 
@@ -148,6 +156,45 @@ for mode in simple extended; do
 done
 echo
 printf '%s\n' "${results[@]}"
+if [ "${MASKING:-1}" != 0 ]; then
+    echo
+    echo "== masking: SELECT * of a 10-column, 100000-row table with emails and card numbers (best of $RUNS)"
+    psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres <<'SQL' >/dev/null
+CREATE TABLE masking_bench AS
+SELECT i AS id, 'user' || i || '@example.com' AS email, '4242 4242 4242 4242' AS card,
+       'customer ' || i AS name, 'Springfield' AS city, 'no sensitive data here' AS note,
+       (i * 1.5)::numeric(12,2) AS amount, now() AS created, i % 7 AS bucket, i % 2 = 0 AS active
+FROM generate_series(1, 100000) AS i;
+SQL
+    read_all() {
+        case $1 in
+            direct) psql -X -A -t -h 127.0.0.1 -p "$PG_PORT" -U postgres -c 'SELECT * FROM masking_bench' postgres ;;
+            plain) PGPASSWORD=$BENCH_TOKEN PGSSLMODE=disable psql -X -A -t -h 127.0.0.1 -p "$GW_PORT" -U bench \
+                -c 'SELECT * FROM masking_bench' bench ;;
+            masked) PGPASSWORD=$BENCH_TOKEN PGSSLMODE=disable psql -X -A -t -h 127.0.0.1 -p "$GW_PORT" -U bench \
+                -c 'SELECT * FROM masking_bench' bench_masked ;;
+        esac
+    }
+    declare -A secs=()
+    for target in direct plain masked; do
+        best=
+        for _ in $(seq 1 "$RUNS"); do
+            start=$(date +%s.%N)
+            rows=$(read_all "$target" | wc -l)
+            end=$(date +%s.%N)
+            [ "$rows" = 100000 ] || { echo "read $rows rows from $target, not 100000" >&2; exit 1; }
+            t=$(awk -v a="$start" -v b="$end" 'BEGIN {print b - a}')
+            if [ -z "$best" ] || awk -v a="$t" -v b="$best" 'BEGIN {exit !(a < b)}'; then best=$t; fi
+        done
+        secs[$target]=$best
+        case $target in direct) label=direct ;; plain) label=gatehouse ;; masked) label="gatehouse, masking" ;; esac
+        printf '%-20s %8.3f s %10.0f rows/s\n' "$label" "$best" "$(awk -v t="$best" 'BEGIN {print 100000 / t}')"
+    done
+    if read_all masked | grep -q 'user1@example.com'; then echo "masking failed: an address came through" >&2; exit 1; fi
+    awk -v d="${secs[direct]}" -v p="${secs[plain]}" -v m="${secs[masked]}" 'BEGIN {
+        printf "masked/unmasked time %.2f (target < 2)  masked/direct %.2f  unmasked/direct %.2f\n", m / p, m / d, p / d }'
+fi
+
 events=$("$GATEHOUSE" audit verify 2>&1 || true)
 echo
 echo "audit trail after the run: $events"
