@@ -88,6 +88,8 @@ pub struct OpenedSession {
     /// The connection's value detectors (`email`, `credit_card`, …): what the adapter masks in
     /// what it returns, unless policy permits `unmask`.
     pub mask: Vec<String>,
+    /// The connection's whole-column rules (`schema.table.column` patterns).
+    pub mask_columns: Vec<String>,
 }
 
 /// Why a session was not opened. Adapters map each to their protocol's refusal.

@@ -33,6 +33,8 @@ pub(crate) enum Expect {
         portal: Option<Arc<Portal>>,
         /// Values masked in its results.
         masked: crate::masking::Tally,
+        /// How each of its columns is masked (worked out at its first row).
+        whole: Option<Vec<crate::masking::ColumnMask>>,
     },
     /// A statement the gateway sent in place of a refused message so that the resource fails
     /// (and discards until `Sync`) at exactly that point: its error is replaced by this refusal.

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod catalog;
 mod classify;
 mod extended;
 mod frontend;

@@ -13,6 +13,17 @@ use gatehouse_mask::Masker;
 use crate::Column;
 use crate::params::binary_as_text;
 
+/// How one result column is masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ColumnMask {
+    /// The value detectors run on it.
+    Detect,
+    /// A whole-column rule names it: `****` or NULL.
+    Whole,
+    /// The caller may see it unmasked.
+    Clear,
+}
+
 /// Values masked in one statement's results: column → detector → count.
 pub(crate) type Tally = BTreeMap<String, BTreeMap<String, u64>>;
 
@@ -99,12 +110,24 @@ fn text_array(oid: u32) -> bool {
     matches!(oid, 1002 | 1003 | 1009 | 1014 | 1015 | 199 | 143 | 3807)
 }
 
+/// A value a whole-column rule masks: `****` where the type holds free text, else NULL.
+fn whole_value(column: Option<&Column>) -> Value {
+    match column {
+        Some(c) if free_text(c.type_oid) && !text_array(c.type_oid) && c.type_oid != 3802 => {
+            Value::Text(gatehouse_mask::mask_whole(""))
+        }
+        Some(c) if c.type_oid == 3802 && c.format == 0 => Value::Text("\"****\"".into()),
+        _ => Value::Null,
+    }
+}
+
 /// A `DataRow` with its values masked, or `None` when nothing in it needed masking. Errs on a
 /// malformed row (the relay refuses to forward it).
 pub(crate) fn data_row(
     body: &[u8],
     columns: Option<&[Column]>,
-    masker: &Masker,
+    plan: &[ColumnMask],
+    masker: Option<&Masker>,
     tally: &mut Tally,
 ) -> Result<Option<Bytes>, &'static str> {
     let count = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])).ok_or("DataRow too short")?;
@@ -125,7 +148,14 @@ pub(crate) fn data_row(
         let v = body.get(at..end).ok_or("truncated DataRow")?;
         let column = columns.and_then(|c| c.get(i));
         let name = column.map_or_else(|| format!("column {}", i + 1), |c| c.name.clone());
-        let out = mask_value(v, column, masker, tally, &name);
+        let out = match (plan.get(i).copied().unwrap_or(ColumnMask::Detect), masker) {
+            (ColumnMask::Whole, _) => {
+                *tally.entry(name).or_default().entry("column".to_string()).or_default() += 1;
+                whole_value(column)
+            }
+            (ColumnMask::Detect, Some(m)) => mask_value(v, column, m, tally, &name),
+            (ColumnMask::Detect, None) | (ColumnMask::Clear, _) => Value::Same,
+        };
         changed |= !matches!(out, Value::Same);
         values.push((Some(v), out));
         at = end;

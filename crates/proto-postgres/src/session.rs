@@ -315,10 +315,9 @@ impl Session {
             claimed_user: Some(user),
             secret: password,
             tls,
-            // Value detectors are applied to what the resource returns; whole-column rules (which
-            // need the catalogue) are not yet, so connections with them are refused.
+            // Value detectors and whole-column rules are applied to what the resource returns.
             masks_values: true,
-            masks_columns: false,
+            masks_columns: true,
         };
         match pipeline.open(request).await {
             Ok(session) => Some(session),
@@ -408,8 +407,29 @@ impl Session {
                 return format!("invalid masking: {e}");
             }
         };
+        let column_rules = match session
+            .mask_columns
+            .iter()
+            .map(|p| gatehouse_mask::ColumnPattern::parse(p).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ =
+                    client_write.write_all(&fatal("08004", &format!("the connection's masking is invalid: {e}"))).await;
+                let _ = client_write.flush().await;
+                forget_cancel(cancels, pid, key);
+                return format!("invalid masking: {e}");
+            }
+        };
         let reason = Relay {
             session,
+            column_rules,
+            catalog_login: cfg.clone(),
+            max_backend: config.max_backend_message,
+            unmask_connection: false,
+            row_whole: Vec::new(),
+            ddl_in_flight: false,
             active_mask: masker.clone(),
             masker,
             copy_out: CopyOut::Plain,
@@ -503,7 +523,7 @@ async fn search_path(upstream: &mut Upstream, max: usize) -> Result<Vec<String>,
     }
 }
 
-fn frontend_query(sql: &str) -> Vec<u8> {
+pub(crate) fn frontend_query(sql: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(sql.len() + 6);
     out.push(b'Q');
     out.extend_from_slice(&(i32::try_from(sql.len() + 5).unwrap_or(i32::MAX)).to_be_bytes());
@@ -547,6 +567,17 @@ struct Relay<'a, P: Pipeline, S: Statements, W: AsyncWrite + Unpin> {
     drop_complete: bool,
     /// The columns of the rows the simple query in flight returns now.
     row_columns: Option<Vec<crate::Column>>,
+    /// The connection's whole-column rules.
+    column_rules: Vec<gatehouse_mask::ColumnPattern>,
+    /// How to log in for reading the catalogue (column names for the rules).
+    catalog_login: UpstreamConfig,
+    max_backend: usize,
+    /// Policy lets this caller see the whole connection unmasked (as of the current statement).
+    unmask_connection: bool,
+    /// How each column of the simple query's current rows is masked.
+    row_whole: Vec<crate::masking::ColumnMask>,
+    /// A statement in flight may change tables: what is known of their columns is dropped after.
+    ddl_in_flight: bool,
 }
 
 /// `COPY … TO STDOUT` data under masking.
@@ -865,6 +896,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                         .push_back(Expect::Describe { target: Described::Portal(portal.clone()), own: true });
                 }
                 self.refresh_mask().await;
+                self.ddl_in_flight |= portal.prepared.requests.iter().any(|r| changes_tables(&r.request));
                 self.ext.expects.push_back(Expect::Execute {
                     seq,
                     started: Instant::now(),
@@ -872,6 +904,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                     bytes: 0,
                     portal: Some(portal),
                     masked: Default::default(),
+                    whole: None,
                 });
                 Self::forward(up, m.raw()).await
             }
@@ -931,11 +964,21 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
 
     /// Re-checks whether this caller may see the connection's masked values unmasked.
     async fn refresh_mask(&mut self) {
-        if let Some(masker) = &self.masker {
-            let connection = gatehouse_core::Resource::Connection { connection: self.session.connection.clone() };
-            let clear = self.pipeline.may_unmask(self.session, &connection).await;
-            self.active_mask = if clear { None } else { Some(masker.clone()) };
+        if self.masker.is_none() && self.column_rules.is_empty() {
+            return;
         }
+        let connection = gatehouse_core::Resource::Connection { connection: self.session.connection.clone() };
+        self.unmask_connection = self.pipeline.may_unmask(self.session, &connection).await;
+        self.active_mask = if self.unmask_connection { None } else { self.masker.clone() };
+    }
+
+    /// How each of `columns` is masked for this caller (see [`column_masks`]).
+    async fn column_masks(&mut self, columns: Option<&[crate::Column]>) -> Vec<crate::masking::ColumnMask> {
+        if (self.column_rules.is_empty() && self.masker.is_none()) || self.unmask_connection {
+            return Vec::new();
+        }
+        column_masks(&*self.pipeline, self.session, &self.column_rules, &self.catalog_login, self.max_backend, columns)
+            .await
     }
 
     /// Sends an error, notice or notification with what it carries masked.
@@ -949,17 +992,26 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
 
     /// `COPY … TO STDOUT` messages under masking: what to send, if anything.
     fn copy_out_frame(&mut self, frame: &BackendFrame, tally: &mut crate::masking::Tally) -> Option<Bytes> {
-        let Some(masker) = self.active_mask.clone() else { return Some(frame.raw().clone()) };
+        let rules_apply = !self.column_rules.is_empty() && !self.unmask_connection;
+        if self.active_mask.is_none() && !rules_apply {
+            return Some(frame.raw().clone());
+        }
+        let masker = self.active_mask.clone();
         match frame.tag() {
             b'H' => {
-                self.copy_out = if frame.body().first() == Some(&1) { CopyOut::Refused } else { CopyOut::Masked };
+                // COPY data carries no column descriptions to apply the column rules by.
+                self.copy_out =
+                    if frame.body().first() == Some(&1) || rules_apply { CopyOut::Refused } else { CopyOut::Masked };
                 Some(frame.raw().clone())
             }
             b'd' => match self.copy_out {
                 CopyOut::Refused => None,
-                CopyOut::Masked => {
-                    Some(crate::masking::copy_data(frame.body(), &masker, tally).unwrap_or_else(|| frame.raw().clone()))
-                }
+                CopyOut::Masked => Some(
+                    masker
+                        .as_deref()
+                        .and_then(|m| crate::masking::copy_data(frame.body(), m, tally))
+                        .unwrap_or_else(|| frame.raw().clone()),
+                ),
                 CopyOut::Plain => Some(frame.raw().clone()),
             },
             _ => {
@@ -970,7 +1022,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                     return Some(messages::error_response(
                         Severity::Error,
                         "0A000",
-                        "binary COPY output cannot be masked on this connection; use COPY … TO STDOUT in text or csv format",
+                        "this COPY output cannot be masked on this connection (binary format, or whole-column rules, which COPY gives no column names for); use a SELECT, or COPY in text or csv format",
                         None,
                         None,
                     ));
@@ -986,7 +1038,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
     }
 
     fn finish_execute(&self, expect: crate::extended::Expect, command: Option<String>, error: Option<String>) {
-        if let crate::extended::Expect::Execute { seq: Some(seq), started, rows, bytes, portal, masked } = expect {
+        if let crate::extended::Expect::Execute { seq: Some(seq), started, rows, bytes, portal, masked, .. } = expect {
             let rows = command
                 .as_deref()
                 .and_then(|c| c.rsplit(' ').next())
@@ -1050,12 +1102,27 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 }
             }
             b'D' => {
-                if let Some(Expect::Execute { rows, bytes, portal, masked, .. }) = self.ext.expects.front_mut() {
+                // Which columns a rule masks whole: worked out at the first row of each Execute.
+                let pending = match self.ext.expects.front() {
+                    Some(Expect::Execute { whole: None, portal, .. }) => {
+                        Some(portal.as_ref().and_then(|p| p.columns()))
+                    }
+                    _ => None,
+                };
+                if let Some(columns) = pending {
+                    let computed = self.column_masks(columns.as_deref()).await;
+                    if let Some(Expect::Execute { whole, .. }) = self.ext.expects.front_mut() {
+                        *whole = Some(computed);
+                    }
+                }
+                if let Some(Expect::Execute { rows, bytes, portal, masked, whole, .. }) = self.ext.expects.front_mut() {
                     *rows += 1;
                     *bytes += frame.raw().len() as u64;
-                    if let Some(masker) = &self.active_mask {
+                    let whole = whole.as_deref().unwrap_or_default();
+                    if self.active_mask.is_some() || whole.contains(&crate::masking::ColumnMask::Whole) {
                         let columns = portal.as_ref().and_then(|p| p.columns());
-                        match crate::masking::data_row(frame.body(), columns.as_deref(), masker, masked) {
+                        let masker = self.active_mask.as_deref();
+                        match crate::masking::data_row(frame.body(), columns.as_deref(), whole, masker, masked) {
                             Ok(Some(row)) => return self.send_client(&row).await,
                             Ok(None) => {}
                             Err(e) => return self.malformed_from_resource(e).await,
@@ -1122,6 +1189,9 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                     self.finish_execute(e, None, Some("not run".into()));
                 }
                 self.status = frame.ready_status().unwrap_or(TransactionStatus::Idle);
+                if std::mem::take(&mut self.ddl_in_flight) {
+                    crate::catalog::forget(&self.session.connection);
+                }
                 self.send_client(frame.raw()).await?;
                 self.flush().await?;
                 return self.drain_queue(up).await;
@@ -1219,6 +1289,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             masked: Default::default(),
         });
         self.refresh_mask().await;
+        self.ddl_in_flight |= batch.iter().any(|r| changes_tables(&r.request));
         up.write_all(m.raw()).await.map_err(|e| format!("the resource connection was lost: {e}"))?;
         up.flush().await.map_err(|e| format!("the resource connection was lost: {e}"))
     }
@@ -1312,9 +1383,15 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 if let Some(f) = self.in_flight.as_mut() {
                     f.rows += 1;
                     f.bytes += frame.raw().len() as u64;
-                    if let Some(masker) = &self.active_mask {
-                        match crate::masking::data_row(frame.body(), self.row_columns.as_deref(), masker, &mut f.masked)
-                        {
+                    if self.active_mask.is_some() || self.row_whole.contains(&crate::masking::ColumnMask::Whole) {
+                        let masker = self.active_mask.as_deref();
+                        match crate::masking::data_row(
+                            frame.body(),
+                            self.row_columns.as_deref(),
+                            &self.row_whole,
+                            masker,
+                            &mut f.masked,
+                        ) {
                             Ok(Some(row)) => return self.send_client(&row).await,
                             Ok(None) => {}
                             Err(e) => return self.malformed_from_resource(e).await,
@@ -1345,6 +1422,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 if let Some(f) = self.in_flight.as_mut() {
                     f.columns = columns.iter().flatten().map(|c| c.name.clone()).collect();
                 }
+                self.row_whole = self.column_masks(columns.as_deref()).await;
                 self.row_columns = columns;
             }
             b'C' => {
@@ -1364,6 +1442,9 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         self.send_client(frame.raw()).await?;
         if frame.tag() == b'Z' {
             self.status = frame.ready_status().unwrap_or(TransactionStatus::Idle);
+            if std::mem::take(&mut self.ddl_in_flight) {
+                crate::catalog::forget(&self.session.connection);
+            }
             self.finish_in_flight(Some("not run: an earlier statement of the batch failed".into()));
             self.flush().await?;
             if std::mem::take(&mut self.restamp_after) {
@@ -1414,4 +1495,64 @@ fn merge_tally(into: &mut crate::masking::Tally, from: crate::masking::Tally) {
             *entry.entry(detector).or_default() += n;
         }
     }
+}
+
+/// How each of `columns` is masked for this caller. Table columns are named through the
+/// catalogue: a column that a whole-column rule names is masked whole, and one this caller may
+/// `unmask` (on the column, its table or the connection) is left clear; the rest, and
+/// expressions, go through the value detectors. If the catalogue cannot be read, table columns
+/// are masked whole when rules exist, else left to the detectors (fail closed either way).
+async fn column_masks<P: Pipeline>(
+    pipeline: &P,
+    session: &OpenedSession,
+    rules: &[gatehouse_mask::ColumnPattern],
+    login: &UpstreamConfig,
+    max_backend: usize,
+    columns: Option<&[crate::Column]>,
+) -> Vec<crate::masking::ColumnMask> {
+    use crate::masking::ColumnMask;
+    let Some(columns) = columns else { return Vec::new() };
+    let tables: Vec<u32> = columns.iter().map(|c| c.table_oid).filter(|o| *o != 0).collect();
+    if tables.is_empty() {
+        return Vec::new();
+    }
+    let unknown = if rules.is_empty() { ColumnMask::Detect } else { ColumnMask::Whole };
+    let names = crate::catalog::columns(login, &session.connection, &tables, max_backend).await;
+    if let Err(e) = &names {
+        tracing::warn!(session = %session.id, error = %e, "column names unknown; masking as if every rule applied");
+    }
+    let mut plan = Vec::with_capacity(columns.len());
+    for c in columns {
+        let mask = match (&names, c.table_oid) {
+            (_, 0) => ColumnMask::Detect,
+            (Err(_), _) => unknown,
+            (Ok(names), oid) => match names.get(&oid).and_then(|t| t.get(&c.column_number)) {
+                // A table the catalogue does not show (dropped meanwhile).
+                None => unknown,
+                Some((schema, table, column)) => {
+                    let resource = gatehouse_core::Resource::Column {
+                        connection: session.connection.clone(),
+                        schema: schema.clone(),
+                        table: table.clone(),
+                        column: column.clone(),
+                    };
+                    if pipeline.may_unmask(session, &resource).await {
+                        ColumnMask::Clear
+                    } else if rules.iter().any(|r| r.matches(schema, table, column)) {
+                        ColumnMask::Whole
+                    } else {
+                        ColumnMask::Detect
+                    }
+                }
+            },
+        };
+        plan.push(mask);
+    }
+    plan
+}
+
+/// Whether a request may rename or recreate tables or columns (what the catalogue told the
+/// column rules may be stale after it).
+fn changes_tables(request: &Request) -> bool {
+    request.accesses.iter().any(|(action, _)| action == "sql.ddl" || action == "sql.admin")
 }

@@ -360,6 +360,7 @@ impl Pipeline for DataPath {
                 stamp,
             },
             mask: conn.mask.clone(),
+            mask_columns: conn.mask_columns.clone(),
         })
     }
 

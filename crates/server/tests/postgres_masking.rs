@@ -64,7 +64,7 @@ fn psql_results_copy_errors_and_notifications_are_masked_unless_unmask_is_permit
     let text = stdout(&out);
     assert!(text.starts_with("1,j***@example.com,**** **** **** 4242\n2,nobody,none\n"), "{text}");
     assert!(!text.contains("jane@"), "{text}");
-    assert!(stderr(&out).contains("binary COPY output cannot be masked"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("COPY output cannot be masked"), "{}", stderr(&out));
     assert!(text.contains("after"), "the session goes on: {text}");
 
     // A unique violation's detail carries the value: masked too.
@@ -143,4 +143,57 @@ impl<'a> tokio_postgres::types::FromSql<'a> for Jsonb {
     fn accepts(ty: &tokio_postgres::types::Type) -> bool {
         *ty == tokio_postgres::types::Type::JSONB
     }
+}
+
+#[test]
+fn whole_column_rules_mask_by_name_per_column_unmask_and_follow_renames() {
+    let (f, support) = fixture();
+    f.pg.psql("postgres", "ALTER TABLE public.customers ADD COLUMN label text DEFAULT 'hello';").unwrap();
+    f.policies(&format!(
+        "{OPEN}\n@id(\"billing-sees-cards\")\npermit (principal in Group::\"billing\", action == Action::\"unmask\", resource == Column::\"pg/public.customers.card_num\");"
+    ));
+    f.gw.cli_ok(&[
+        "connections",
+        "update",
+        "pg",
+        "--mask-column",
+        "public.customers.card_num",
+        "--mask-column",
+        "*.*.note",
+        "--mask-column",
+        "public.customers.secret_col",
+    ])
+    .unwrap();
+    let billing = f.gw.cli_ok(&["identities", "add", "biller", "--groups", "apps,billing"]).unwrap().trim().to_string();
+    let query = "SELECT id, card_num, note, label, card_num + 0 FROM customers ORDER BY id;\n";
+    // A whole-column rule: free text becomes ****, other types NULL. An expression over a
+    // masked column is not a column the rule names (the detectors still apply to it).
+    let out = f.app(query);
+    assert_eq!(stdout(&out), "1||\"****\"|hello|\n2||\"****\"|hello|7\n", "{}", stderr(&out));
+    // Unmask granted on one column shows that column only.
+    let out = f.psql("biller", &billing, "pg", query);
+    assert_eq!(stdout(&out), "1|4242424242424242|\"****\"|hello|\n2|7|\"****\"|hello|7\n", "{}", stderr(&out));
+    // Unmask on the connection shows everything.
+    let out = f.psql("helper", &support, "pg", query);
+    assert!(stdout(&out).contains("{\"contact\": \"jane@example.com\"}"), "{}", stdout(&out));
+    // Extended protocol, binary format, no Describe with Execute.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = client(&f.url(&f.token)).await;
+        let row = c.query_one("SELECT label, note::text, id FROM customers WHERE id = $1", &[&1i32]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "hello");
+        assert_eq!(row.get::<_, i32>(2), 1);
+        // A rename through the gateway is DDL: the column names are read again.
+        c.batch_execute("ALTER TABLE customers RENAME COLUMN label TO secret_col").await.unwrap();
+        let row = c.query_one("SELECT secret_col FROM customers WHERE id = $1", &[&1i32]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "****");
+    });
+    // COPY gives no column names to apply the rules by: refused, unless the caller may unmask.
+    let out = f.app("COPY customers (id) TO STDOUT;\nSELECT 'after';\n");
+    assert!(stderr(&out).contains("cannot be masked"), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "after\n");
+    let out = f.psql("helper", &support, "pg", "COPY customers (id) TO STDOUT;\n");
+    assert_eq!(stdout(&out), "1\n2\n", "{}", stderr(&out));
+    let events = session_events(&f.gw, "app");
+    assert!(events.iter().any(|e| e["data"]["masked"]["card_num"]["column"] == 2), "{events:?}");
 }

@@ -1,0 +1,115 @@
+//! Column names for whole-column masking rules: a `RowDescription` names each column's table
+//! by OID and the column by number; the names come from the resource's catalogue, read on a
+//! connection of their own (the session's may be in the middle of a result), and kept per
+//! connection until a DDL statement through the gateway may have changed them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use tokio::io::AsyncWriteExt;
+
+use crate::{UpstreamConfig, read_backend};
+
+/// A column's schema, table and name.
+pub(crate) type Named = (String, String, String);
+
+type Tables = HashMap<u32, Arc<HashMap<i16, Named>>>;
+
+static KNOWN: LazyLock<Mutex<HashMap<String, Tables>>> = LazyLock::new(Default::default);
+
+fn known() -> std::sync::MutexGuard<'static, HashMap<String, Tables>> {
+    KNOWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Forgets what is known of `connection`'s tables (after DDL).
+pub(crate) fn forget(connection: &str) {
+    known().remove(connection);
+}
+
+/// The names of the columns of `tables` (OIDs) on `connection`, reading the catalogue for the
+/// ones not known yet.
+pub(crate) async fn columns(
+    cfg: &UpstreamConfig,
+    connection: &str,
+    tables: &[u32],
+    max: usize,
+) -> Result<HashMap<u32, Arc<HashMap<i16, Named>>>, String> {
+    let mut out = HashMap::new();
+    let mut missing = Vec::new();
+    {
+        let known = known();
+        let cached = known.get(connection);
+        for oid in tables {
+            match cached.and_then(|t| t.get(oid)) {
+                Some(c) => {
+                    out.insert(*oid, c.clone());
+                }
+                None => missing.push(*oid),
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    missing.sort_unstable();
+    missing.dedup();
+    let list: Vec<String> = missing.iter().map(u32::to_string).collect();
+    let sql = format!(
+        "SELECT a.attrelid::pg_catalog.int8, n.nspname, c.relname, a.attnum, a.attname \
+         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE a.attrelid IN ({}) AND a.attnum > 0",
+        list.join(",")
+    );
+    let mut upstream = crate::connect(cfg).await.map_err(|e| format!("cannot read the catalogue: {e}"))?;
+    let stream = upstream.stream();
+    stream.write_all(&crate::session::frontend_query(&sql)).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let mut read: HashMap<u32, HashMap<i16, Named>> = missing.iter().map(|o| (*o, HashMap::new())).collect();
+    loop {
+        let frame = read_backend(stream, max).await.map_err(|e| e.to_string())?;
+        match frame.tag() {
+            b'D' => {
+                let v = text_values(frame.body()).ok_or("malformed catalogue row")?;
+                let [Some(oid), Some(schema), Some(table), Some(num), Some(name)] = &v[..] else {
+                    return Err("unexpected catalogue row".into());
+                };
+                let (Ok(oid), Ok(num)) = (oid.parse::<u32>(), num.parse::<i16>()) else {
+                    return Err("unexpected catalogue row".into());
+                };
+                read.entry(oid).or_default().insert(num, (schema.clone(), table.clone(), name.clone()));
+            }
+            b'E' => return Err(frame.error_fields().map(|f| f.message).unwrap_or_default()),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    let _ = stream.write_all(&[b'X', 0, 0, 0, 4]).await;
+    let mut known = known();
+    let tables = known.entry(connection.to_string()).or_default();
+    for (oid, columns) in read {
+        let columns = Arc::new(columns);
+        tables.insert(oid, columns.clone());
+        out.insert(oid, columns);
+    }
+    Ok(out)
+}
+
+/// The values of a text-format `DataRow`.
+fn text_values(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    let mut at = 2;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let v = body.get(at..at + len as usize)?;
+        at += len as usize;
+        out.push(Some(String::from_utf8_lossy(v).into_owned()));
+    }
+    Some(out)
+}
