@@ -46,7 +46,49 @@ fn opaque_binary(oid: u32) -> bool {
 enum Value {
     Same,
     Text(String),
+    Bytes(Vec<u8>),
     Null,
+}
+
+/// A binary-format array of a free-text element type with each element masked: the array
+/// header is kept, element lengths recomputed. `None` if it does not read as such an array.
+fn text_array_binary(v: &[u8], masker: &Masker) -> Option<(Vec<u8>, gatehouse_mask::Counts)> {
+    let int = |at: usize| v.get(at..at + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let ndim = usize::try_from(int(0)?).ok()?;
+    let element = u32::try_from(int(8)?).ok()?;
+    if ndim > 6 || !free_text(element) || text_array(element) {
+        return None;
+    }
+    let header = 12 + 8 * ndim;
+    let mut n: usize = 1;
+    for d in 0..ndim {
+        n = n.checked_mul(usize::try_from(int(12 + 8 * d)?).ok()?)?;
+    }
+    if ndim == 0 {
+        n = 0;
+    }
+    let mut out = v.get(..header)?.to_vec();
+    let mut counts = gatehouse_mask::Counts::new();
+    let mut at = header;
+    for _ in 0..n {
+        let len = int(at)?;
+        at += 4;
+        if len < 0 {
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+            continue;
+        }
+        let raw = v.get(at..at + len as usize)?;
+        at += len as usize;
+        // jsonb elements carry a version byte before their text.
+        let (prefix, text) = if element == 3802 { raw.split_first().map(|(p, t)| (Some(*p), t))? } else { (None, raw) };
+        let masked = masker.mask(std::str::from_utf8(text).ok()?);
+        counts += masked.counts().clone();
+        let body = masked.text().as_bytes();
+        out.extend_from_slice(&((body.len() + usize::from(prefix.is_some())) as i32).to_be_bytes());
+        out.extend(prefix);
+        out.extend_from_slice(body);
+    }
+    (at == v.len()).then_some((out, counts))
 }
 
 /// One value: what to send instead, if anything.
@@ -85,7 +127,20 @@ fn mask_value(v: &[u8], column: Option<&Column>, masker: &Masker, tally: &mut Ta
         out.push_str(&masked.into_text());
         return Value::Text(out);
     }
-    let scalar_text = free_text(oid) && !text_array(oid);
+    if text_array(oid) {
+        return match text_array_binary(v, masker) {
+            Some((out, counts)) => {
+                if counts.is_empty() {
+                    Value::Same
+                } else {
+                    count(&counts, tally);
+                    Value::Bytes(out)
+                }
+            }
+            None => Value::Null,
+        };
+    }
+    let scalar_text = free_text(oid);
     let readable = if scalar_text { std::str::from_utf8(v).ok().map(String::from) } else { binary_as_text(oid, v) };
     let Some(text) = readable else {
         // Arrays, composites, ranges and types the gateway cannot read: what text they carry
@@ -180,6 +235,10 @@ pub(crate) fn data_row(
             (Some(_), Value::Text(t)) => {
                 out.put_i32(t.len() as i32);
                 out.put_slice(t.as_bytes());
+            }
+            (Some(_), Value::Bytes(b)) => {
+                out.put_i32(b.len() as i32);
+                out.put_slice(b);
             }
         }
     }

@@ -197,3 +197,25 @@ fn whole_column_rules_mask_by_name_per_column_unmask_and_follow_renames() {
     let events = session_events(&f.gw, "app");
     assert!(events.iter().any(|e| e["data"]["masked"]["card_num"]["column"] == 2), "{events:?}");
 }
+
+#[test]
+fn psycopg_text_and_binary_results_are_masked() {
+    let (f, _) = fixture();
+    let script = r#"
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    for binary in (False, True):
+        cur = conn.cursor(binary=binary)
+        rows = cur.execute("SELECT email, card, emails, note FROM customers WHERE id = %s", (1,)).fetchall()
+        print(binary, rows)
+"#;
+    let out = std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+        .args(["-c", script])
+        .arg(format!("{} connect_timeout=10", f.url(&f.token)))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let masked = "[('j***@example.com', '**** **** **** 4242', ['j***@example.com', 'b***@example.org'], {'contact': 'j***@example.com'})]";
+    assert_eq!(text, format!("False {masked}\nTrue {masked}\n"), "{}", stderr(&out));
+}
