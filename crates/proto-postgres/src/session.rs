@@ -1554,5 +1554,5 @@ async fn column_masks<P: Pipeline>(
 /// Whether a request may rename or recreate tables or columns (what the catalogue told the
 /// column rules may be stale after it).
 fn changes_tables(request: &Request) -> bool {
-    request.accesses.iter().any(|(action, _)| action == "sql.ddl" || action == "sql.admin")
+    request.accesses.iter().any(|(action, _)| action == "sql.ddl")
 }
