@@ -209,3 +209,49 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn masking_never_panics_on_arbitrary_messages(body in proptest::collection::vec(any::<u8>(), 0..200),
+                                                  types in proptest::collection::vec(
+                                                      prop_oneof![Just(25u32), Just(1009), Just(3802), Just(3807),
+                                                                  Just(1700), Just(20), Just(2950), Just(0), any::<u32>()],
+                                                      0..6),
+                                                  binary in any::<bool>()) {
+        let masker = gatehouse_mask::Masker::builtin().unwrap();
+        let columns: Vec<crate::Column> = types
+            .iter()
+            .map(|t| crate::Column {
+                name: "c".into(),
+                table_oid: 0,
+                column_number: 0,
+                type_oid: *t,
+                type_size: -1,
+                type_modifier: -1,
+                format: i16::from(binary),
+            })
+            .collect();
+        let mut tally = crate::masking::Tally::new();
+        // A row out of arbitrary bytes, and one with valid framing around arbitrary values.
+        if let Ok(Some(row)) = crate::masking::data_row(&body, Some(&columns), &[], Some(&masker), &mut tally) {
+            prop_assert!(BackendFrame::from_raw(row).is_ok());
+        }
+        let mut framed = (types.len() as i16).to_be_bytes().to_vec();
+        for chunk in body.chunks(body.len() / types.len().max(1) + 1).take(types.len()) {
+            framed.extend_from_slice(&(chunk.len() as i32).to_be_bytes());
+            framed.extend_from_slice(chunk);
+        }
+        for _ in body.chunks(body.len() / types.len().max(1) + 1).take(types.len()).count()..types.len() {
+            framed.extend_from_slice(&(-1i32).to_be_bytes());
+        }
+        let row = crate::masking::data_row(&framed, Some(&columns), &[], Some(&masker), &mut tally);
+        prop_assert!(row.is_ok(), "a well-framed row is never refused");
+        if let Ok(Some(row)) = row {
+            let frame = BackendFrame::from_raw(row).unwrap();
+            prop_assert_eq!(usize::from(frame.data_row_columns().unwrap()), types.len());
+        }
+        let _ = crate::masking::error_fields(b'E', &body, &masker);
+        let _ = crate::masking::notification(&body, &masker);
+        let _ = crate::masking::copy_data(&body, &masker, &mut tally);
+    }
+}
