@@ -15,6 +15,9 @@ pub(crate) type Named = (String, String, String);
 
 type Tables = HashMap<u32, Arc<HashMap<i16, Named>>>;
 
+/// A table as the catalogue spells it (schema, name) and its columns (name, type OID) in order.
+pub(crate) type TableColumns = (String, String, Vec<(String, u32)>);
+
 static KNOWN: LazyLock<Mutex<HashMap<String, Tables>>> = LazyLock::new(Default::default);
 
 fn known() -> std::sync::MutexGuard<'static, HashMap<String, Tables>> {
@@ -112,4 +115,53 @@ fn text_values(body: &[u8]) -> Option<Vec<Option<String>>> {
         out.push(Some(String::from_utf8_lossy(v).into_owned()));
     }
     Some(out)
+}
+
+/// A table's schema and name as the catalogue spells them, and its columns (name and type) in
+/// order, for `COPY` rows; `None` if there is no such table. `schema` absent: resolved by the
+/// search path of a fresh session of the same user.
+pub(crate) async fn table_columns(
+    cfg: &UpstreamConfig,
+    schema: Option<&str>,
+    table: &str,
+    max: usize,
+) -> Result<Option<TableColumns>, String> {
+    let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let name = match schema {
+        Some(schema) => format!("{}.{}", ident(schema), ident(table)),
+        None => ident(table),
+    };
+    if name.contains('\\') {
+        return Err("table names with a backslash are not looked up".into());
+    }
+    let sql = format!(
+        "SELECT n.nspname, c.relname, a.attname, a.atttypid::pg_catalog.int8 \
+         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = pg_catalog.to_regclass('{}') AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        name.replace('\'', "''")
+    );
+    let mut upstream = crate::connect(cfg).await.map_err(|e| format!("cannot read the catalogue: {e}"))?;
+    let stream = upstream.stream();
+    stream.write_all(&crate::session::frontend_query(&sql)).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let mut found: Option<TableColumns> = None;
+    loop {
+        let frame = read_backend(stream, max).await.map_err(|e| e.to_string())?;
+        match frame.tag() {
+            b'D' => {
+                let v = text_values(frame.body()).ok_or("malformed catalogue row")?;
+                let [Some(schema), Some(table), Some(column), Some(oid)] = &v[..] else {
+                    return Err("unexpected catalogue row".into());
+                };
+                let oid = oid.parse::<u32>().map_err(|_| "unexpected catalogue row")?;
+                found.get_or_insert_with(|| (schema.clone(), table.clone(), Vec::new())).2.push((column.clone(), oid));
+            }
+            b'E' => return Err(frame.error_fields().map(|f| f.message).unwrap_or_default()),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    let _ = stream.write_all(&[b'X', 0, 0, 0, 4]).await;
+    Ok(found)
 }

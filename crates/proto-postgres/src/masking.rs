@@ -356,3 +356,146 @@ pub(crate) fn text(masker: Option<&Masker>, text: String) -> String {
         None => text,
     }
 }
+
+/// How the rows of a `COPY … TO STDOUT` are masked field by field.
+#[derive(Debug, Clone)]
+pub(crate) struct CopyPlan {
+    pub csv: bool,
+    pub delimiter: u8,
+    /// The next row is the CSV header (column names): passed on.
+    pub header: bool,
+    /// Each field: its column's name, how it is masked, and whether its type holds free text.
+    pub columns: Vec<(String, ColumnMask, bool)>,
+}
+
+impl CopyPlan {
+    /// Whether a whole-masked field of this type becomes `****` (else NULL): free text, but not
+    /// JSON, which `****` is not.
+    pub(crate) fn free_text(oid: u32) -> bool {
+        free_text(oid) && !text_array(oid) && !matches!(oid, 114 | 3802)
+    }
+}
+
+/// Splits a `COPY` row into its fields (without the line end), honouring backslash escapes
+/// (text) or quotes (CSV).
+fn copy_fields(row: &[u8], csv: bool, delimiter: u8) -> Vec<&[u8]> {
+    let mut fields = Vec::new();
+    let (mut start, mut i, mut quoted) = (0, 0, false);
+    while i < row.len() {
+        let b = row[i];
+        if !csv && b == b'\\' {
+            i += 2;
+            continue;
+        }
+        if csv && b == b'"' {
+            if quoted && row.get(i + 1) == Some(&b'"') {
+                i += 2;
+                continue;
+            }
+            quoted = !quoted;
+        } else if b == delimiter && !quoted {
+            fields.push(&row[start..i]);
+            start = i + 1;
+        }
+        i += 1;
+    }
+    fields.push(&row[start.min(row.len())..]);
+    fields
+}
+
+/// A `CopyData` row masked by the plan; `Ok(None)` if unchanged; `Err` if its fields do not
+/// match the plan's columns (the caller refuses the copy).
+pub(crate) fn copy_row(
+    body: &[u8],
+    plan: &CopyPlan,
+    masker: Option<&Masker>,
+    tally: &mut Tally,
+) -> Result<Option<Bytes>, &'static str> {
+    let (row, end) = match body.strip_suffix(b"\n") {
+        Some(row) => (row, &b"\n"[..]),
+        None => (body, &b""[..]),
+    };
+    let fields = copy_fields(row, plan.csv, plan.delimiter);
+    if fields.len() != plan.columns.len() {
+        return Err("a COPY row does not have the columns expected");
+    }
+    let mut changed = false;
+    let mut out: Vec<u8> = Vec::with_capacity(body.len() + 16);
+    for (i, (field, (name, mask, free))) in fields.iter().zip(&plan.columns).enumerate() {
+        if i > 0 {
+            out.push(plan.delimiter);
+        }
+        let null = if plan.csv { field.is_empty() } else { *field == b"\\N" };
+        match mask {
+            ColumnMask::Whole if !null => {
+                *tally.entry(name.clone()).or_default().entry("column".to_string()).or_default() += 1;
+                changed = true;
+                match (free, plan.csv) {
+                    (true, _) => out.extend_from_slice(b"****"),
+                    (false, true) => {}
+                    (false, false) => out.extend_from_slice(b"\\N"),
+                }
+            }
+            ColumnMask::Detect if !null => match (masker, std::str::from_utf8(field)) {
+                (Some(m), Ok(text)) => {
+                    let masked = m.mask(text);
+                    if masked.is_changed() {
+                        changed = true;
+                        let entry = tally.entry(name.clone()).or_default();
+                        for (detector, n) in masked.counts().iter() {
+                            *entry.entry(detector.to_string()).or_default() += n;
+                        }
+                    }
+                    out.extend_from_slice(masked.text().as_bytes());
+                }
+                (Some(_), Err(_)) => return Err("a COPY field is not UTF-8"),
+                (None, _) => out.extend_from_slice(field),
+            },
+            _ => out.extend_from_slice(field),
+        }
+    }
+    out.extend_from_slice(end);
+    if !changed {
+        return Ok(None);
+    }
+    let mut frame = BytesMut::with_capacity(out.len() + 5);
+    frame.put_u8(b'd');
+    frame.put_i32((out.len() + 4) as i32);
+    frame.put_slice(&out);
+    Ok(Some(frame.freeze()))
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::*;
+
+    #[test]
+    fn copy_fields_split_like_the_server_writes_them() {
+        assert_eq!(copy_fields(b"1\ta\\tb\t\\N", false, b'\t'), vec![&b"1"[..], b"a\\tb", b"\\N"]);
+        assert_eq!(copy_fields(b"1,\"a,\"\"b\",", true, b','), vec![&b"1"[..], b"\"a,\"\"b\"", b""]);
+        assert_eq!(copy_fields(b"", false, b'\t'), vec![&b""[..]]);
+    }
+
+    #[test]
+    fn copy_rows_mask_whole_columns_and_detector_matches() {
+        let masker = Masker::new(&[gatehouse_mask::Detector::Email], &[]).unwrap();
+        let plan = CopyPlan {
+            csv: false,
+            delimiter: b'\t',
+            header: false,
+            columns: vec![
+                ("id".into(), ColumnMask::Detect, false),
+                ("email".into(), ColumnMask::Detect, true),
+                ("ssn".into(), ColumnMask::Whole, true),
+                ("card".into(), ColumnMask::Whole, false),
+            ],
+        };
+        let mut tally = Tally::new();
+        let row =
+            copy_row(b"1\tjane@example.com\t123-45-6789\t4242\n", &plan, Some(&masker), &mut tally).unwrap().unwrap();
+        assert_eq!(&row[5..], b"1\tj***@example.com\t****\t\\N\n");
+        assert_eq!(tally["ssn"]["column"], 1);
+        assert_eq!(copy_row(b"2\tnobody\t\\N\t\\N\n", &plan, Some(&masker), &mut tally).unwrap(), None);
+        assert!(copy_row(b"1\t2\n", &plan, Some(&masker), &mut tally).is_err());
+    }
+}

@@ -430,6 +430,7 @@ impl Session {
             unmask_connection: false,
             row_whole: Vec::new(),
             ddl_in_flight: false,
+            copy_plan: None,
             active_mask: masker.clone(),
             masker,
             copy_out: CopyOut::Plain,
@@ -578,6 +579,8 @@ struct Relay<'a, P: Pipeline, S: Statements, W: AsyncWrite + Unpin> {
     row_whole: Vec<crate::masking::ColumnMask>,
     /// A statement in flight may change tables: what is known of their columns is dropped after.
     ddl_in_flight: bool,
+    /// How the rows of the `COPY … TO STDOUT` in flight are masked field by field.
+    copy_plan: Option<crate::masking::CopyPlan>,
 }
 
 /// `COPY … TO STDOUT` data under masking.
@@ -586,6 +589,8 @@ enum CopyOut {
     Plain,
     /// Text or CSV rows: each masked.
     Masked,
+    /// Rows of a `COPY table` under whole-column rules: masked field by field.
+    Columns,
     /// Binary rows cannot be masked: dropped, and the copy ends with an error.
     Refused,
 }
@@ -999,9 +1004,15 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         let masker = self.active_mask.clone();
         match frame.tag() {
             b'H' => {
-                // COPY data carries no column descriptions to apply the column rules by.
-                self.copy_out =
-                    if frame.body().first() == Some(&1) || rules_apply { CopyOut::Refused } else { CopyOut::Masked };
+                // COPY data carries no column descriptions: under column rules, only a copy whose
+                // columns were worked out from its statement can be masked.
+                self.copy_out = if frame.body().first() == Some(&1) {
+                    CopyOut::Refused
+                } else if rules_apply {
+                    if self.copy_plan.is_some() { CopyOut::Columns } else { CopyOut::Refused }
+                } else {
+                    CopyOut::Masked
+                };
                 Some(frame.raw().clone())
             }
             b'd' => match self.copy_out {
@@ -1012,6 +1023,21 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                         .and_then(|m| crate::masking::copy_data(frame.body(), m, tally))
                         .unwrap_or_else(|| frame.raw().clone()),
                 ),
+                CopyOut::Columns => {
+                    let plan = self.copy_plan.as_mut()?;
+                    if std::mem::take(&mut plan.header) {
+                        return Some(frame.raw().clone());
+                    }
+                    match crate::masking::copy_row(frame.body(), plan, masker.as_deref(), tally) {
+                        Ok(Some(row)) => Some(row),
+                        Ok(None) => Some(frame.raw().clone()),
+                        Err(e) => {
+                            tracing::warn!(session = %self.session.id, error = e, "COPY row not as planned; refusing the rest");
+                            self.copy_out = CopyOut::Refused;
+                            None
+                        }
+                    }
+                }
                 CopyOut::Plain => Some(frame.raw().clone()),
             },
             _ => {
@@ -1289,6 +1315,18 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             masked: Default::default(),
         });
         self.refresh_mask().await;
+        self.copy_plan = None;
+        if !self.column_rules.is_empty() && !self.unmask_connection && batch.len() == 1 {
+            self.copy_plan = plan_copy(
+                &*self.pipeline,
+                self.session,
+                &self.column_rules,
+                &self.catalog_login,
+                self.max_backend,
+                &text,
+            )
+            .await;
+        }
         self.ddl_in_flight |= batch.iter().any(|r| changes_tables(&r.request));
         up.write_all(m.raw()).await.map_err(|e| format!("the resource connection was lost: {e}"))?;
         up.flush().await.map_err(|e| format!("the resource connection was lost: {e}"))
@@ -1555,4 +1593,53 @@ async fn column_masks<P: Pipeline>(
 /// column rules may be stale after it).
 fn changes_tables(request: &Request) -> bool {
     request.accesses.iter().any(|(action, _)| action == "sql.ddl")
+}
+
+/// How to mask the rows of `sql` field by field, if it is a `COPY table … TO STDOUT` in text or
+/// CSV format with no options that change how rows are written, on a table the catalogue
+/// knows. `None` otherwise: the copy is then refused under whole-column rules.
+async fn plan_copy<P: Pipeline>(
+    pipeline: &P,
+    session: &OpenedSession,
+    rules: &[gatehouse_mask::ColumnPattern],
+    login: &UpstreamConfig,
+    max_backend: usize,
+    sql: &str,
+) -> Option<crate::masking::CopyPlan> {
+    use crate::masking::{ColumnMask, CopyPlan};
+    let shape = gatehouse_sql::copy_out(sql).ok()??;
+    if shape.other_options || shape.format == gatehouse_sql::CopyFormat::Binary {
+        return None;
+    }
+    let (schema, table, all) =
+        crate::catalog::table_columns(login, shape.schema.as_deref(), &shape.table, max_backend).await.ok()??;
+    let chosen: Vec<(String, u32)> = if shape.columns.is_empty() {
+        all
+    } else {
+        shape.columns.iter().map(|n| all.iter().find(|(c, _)| c == n).cloned()).collect::<Option<_>>()?
+    };
+    let csv = shape.format == gatehouse_sql::CopyFormat::Csv;
+    let mut columns = Vec::with_capacity(chosen.len());
+    for (column, oid) in chosen {
+        let resource = gatehouse_core::Resource::Column {
+            connection: session.connection.clone(),
+            schema: schema.clone(),
+            table: table.clone(),
+            column: column.clone(),
+        };
+        let mask = if pipeline.may_unmask(session, &resource).await {
+            ColumnMask::Clear
+        } else if rules.iter().any(|r| r.matches(&schema, &table, &column)) {
+            ColumnMask::Whole
+        } else {
+            ColumnMask::Detect
+        };
+        columns.push((column, mask, CopyPlan::free_text(oid)));
+    }
+    Some(CopyPlan {
+        csv,
+        delimiter: shape.delimiter.unwrap_or(if csv { b',' } else { b'\t' }),
+        header: csv && shape.header,
+        columns,
+    })
 }

@@ -188,12 +188,25 @@ fn whole_column_rules_mask_by_name_per_column_unmask_and_follow_renames() {
         let row = c.query_one("SELECT secret_col FROM customers WHERE id = $1", &[&1i32]).await.unwrap();
         assert_eq!(row.get::<_, String>(0), "****");
     });
-    // COPY gives no column names to apply the rules by: refused, unless the caller may unmask.
-    let out = f.app("COPY customers (id) TO STDOUT;\nSELECT 'after';\n");
+    // COPY of a table: its columns come from the statement and the catalogue, and each field
+    // is masked like the column (text and CSV); a COPY of a query names no table columns and is
+    // refused under column rules, unless the caller may unmask the connection.
+    let out = f.app(
+        "COPY customers (id, email, card_num, note) TO STDOUT;\nCOPY customers (card_num, id) TO STDOUT WITH (FORMAT csv, HEADER);\n",
+    );
+    assert_eq!(
+        stdout(&out),
+        "1\tj***@example.com\t\\N\t\\N\n2\tnobody\t\\N\t\\N\ncard_num,id\n,1\n,2\n",
+        "{}",
+        stderr(&out)
+    );
+    let out = f.psql("biller", &billing, "pg", "COPY customers (card_num) TO STDOUT;\n");
+    assert_eq!(stdout(&out), "4242424242424242\n7\n", "{}", stderr(&out));
+    let out = f.app("COPY (SELECT card_num FROM customers) TO STDOUT;\nSELECT 'after';\n");
     assert!(stderr(&out).contains("cannot be masked"), "{}", stderr(&out));
     assert_eq!(stdout(&out), "after\n");
-    let out = f.psql("helper", &support, "pg", "COPY customers (id) TO STDOUT;\n");
-    assert_eq!(stdout(&out), "1\n2\n", "{}", stderr(&out));
+    let out = f.psql("helper", &support, "pg", "COPY (SELECT card_num FROM customers ORDER BY id) TO STDOUT;\n");
+    assert_eq!(stdout(&out), "4242424242424242\n7\n", "{}", stderr(&out));
     let events = session_events(&f.gw, "app");
     assert!(events.iter().any(|e| e["data"]["masked"]["card_num"]["column"] == 2), "{events:?}");
 }

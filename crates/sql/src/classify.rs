@@ -28,6 +28,16 @@ pub(crate) struct Tok {
     comment: bool,
 }
 
+impl Tok {
+    pub(crate) fn is_comment(&self) -> bool {
+        self.comment
+    }
+
+    pub(crate) fn text<'a>(&self, sql: &'a str) -> &'a str {
+        &sql[self.start..self.end]
+    }
+}
+
 /// Scans `sql` with libpg_query's copy of the server's lexer.
 pub(crate) fn scan(sql: &str) -> Result<Vec<Tok>, ClassifyError> {
     // pg_query 18.1 builds a slice from a null pointer when there is no token at all (undefined

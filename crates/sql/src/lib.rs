@@ -120,11 +120,13 @@
 
 mod cache;
 mod classify;
+mod copy;
 mod model;
 mod rules;
 mod walk;
 
 pub use cache::{Classifier, classify_uncached};
+pub use copy::{CopyFormat, CopyOut, copy_out};
 pub use model::{Access, Action, Batch, CopyDirection, Object, Statement, StatementTag, TableRef};
 pub use rules::{ALLOWED_FUNCTIONS, ALLOWED_PARAMETERS, BUILTIN_OPERATORS, Rules};
 
