@@ -45,8 +45,43 @@ pub use error::MaskError;
 pub use forms::WHOLE_MASK;
 pub use masker::{Finding, Masked, Masker};
 
+/// Builds a masker from a connection's detector list as it is written in settings: built-in
+/// names (`email`, `credit_card`, …) and custom detectors as `custom:NAME=REGEX` (everything
+/// after the first `=` is the pattern). A `custom:NAME` without a pattern is an error.
+pub fn masker_from_settings(entries: &[String]) -> Result<Masker, MaskError> {
+    let mut detectors = Vec::with_capacity(entries.len());
+    let mut custom = Vec::new();
+    for entry in entries {
+        match entry.strip_prefix("custom:").and_then(|rest| rest.split_once('=')) {
+            Some((name, pattern)) => {
+                detectors.push(Detector::custom(name)?);
+                custom.push(CustomPattern::new(name, pattern));
+            }
+            None => detectors.push(Detector::parse(entry)?),
+        }
+    }
+    Masker::new(&detectors, &custom)
+}
+
 /// Masks a whole value whatever its content, for column rules: always [`WHOLE_MASK`] (`****`),
 /// so neither the value nor its length (nor whether it was empty) shows.
 pub fn mask_whole(_value: &str) -> String {
     WHOLE_MASK.to_owned()
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    #[test]
+    fn settings_name_builtins_and_custom_patterns() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let m = masker_from_settings(&list(&["email", "custom:order=ORD-[0-9]{6}"])).unwrap();
+        let masked = m.mask("ORD-123456 for jane@example.com");
+        assert_eq!(masked.text(), "********** for j***@example.com");
+        assert_eq!(masked.counts().get("custom:order"), 1);
+        assert!(masker_from_settings(&list(&["custom:order"])).is_err(), "a custom detector needs a pattern");
+        assert!(masker_from_settings(&list(&["custom:order=("])).is_err(), "the pattern must compile");
+        assert!(masker_from_settings(&list(&["emails"])).is_err());
+    }
 }

@@ -337,11 +337,7 @@ pub(crate) fn for_detectors(names: &[String]) -> Result<Option<std::sync::Arc<Ma
     if let Some(m) = built.get(names) {
         return Ok(Some(m.clone()));
     }
-    let detectors = names
-        .iter()
-        .map(|n| gatehouse_mask::Detector::parse(n).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let masker = Arc::new(Masker::new(&detectors, &[]).map_err(|e| e.to_string())?);
+    let masker = Arc::new(gatehouse_mask::masker_from_settings(names).map_err(|e| e.to_string())?);
     built.insert(names.to_vec(), masker.clone());
     Ok(Some(masker))
 }

@@ -242,7 +242,8 @@ struct ConnectionFlags {
     /// A tag k=v; repeat for several (on update, the given tags replace all tags).
     #[arg(long = "tag", value_name = "k=v")]
     tags: Vec<String>,
-    /// Comma-separated detectors: email, credit_card, iban, ssn, phone, ip, secret, custom:NAME.
+    /// Comma-separated detectors: email, credit_card, iban, ssn, phone, ip, secret, and custom
+    /// ones as custom:NAME=REGEX (a regex with a comma must be set through the API).
     #[arg(long, value_delimiter = ',')]
     mask: Option<Vec<String>>,
     /// A column rule: schema.table.column (with * for one name) or a JSON path; repeatable.

@@ -147,7 +147,11 @@ fn unreachable_connection_and_bad_input_are_reported() {
         ),
         (
             vec!["connections", "add", "x", "--type", "postgres", "--host", "h", "--mask", "custom:order"],
-            "need a pattern",
+            "no pattern",
+        ),
+        (
+            vec!["connections", "add", "x", "--type", "postgres", "--host", "h", "--mask", "custom:order=("],
+            "custom:order",
         ),
         (
             vec!["connections", "add", "x", "--type", "postgres", "--host", "h", "--mask-column", "public.us*rs.ssn"],

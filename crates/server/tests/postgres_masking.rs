@@ -73,6 +73,11 @@ fn psql_results_copy_errors_and_notifications_are_masked_unless_unmask_is_permit
     assert!(err.contains("duplicate key") && err.contains("j***@example.com"), "{err}");
     assert!(!err.contains("jane@example.com"), "{err}");
 
+    // A custom detector, set as custom:NAME=REGEX.
+    f.gw.cli_ok(&["connections", "update", "pg", "--mask", "email,credit_card,custom:ticket=TCK-[0-9]{4}"]).unwrap();
+    let out = f.app("SELECT 'see TCK-1234 and jane@example.com';\n");
+    assert_eq!(stdout(&out), "see ******** and j***@example.com\n", "{}", stderr(&out));
+
     // Notification payloads.
     let out = f.app("LISTEN news;\nNOTIFY news, 'write to jane@example.com';\nSELECT 1;\n");
     let all = format!("{}{}", stdout(&out), stderr(&out));
