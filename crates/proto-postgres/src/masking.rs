@@ -326,7 +326,7 @@ pub(crate) fn copy_data(body: &[u8], masker: &Masker, tally: &mut Tally) -> Opti
 
 /// The masker for a list of detectors, built once per distinct list (compiling the detectors'
 /// patterns is not free) and shared by every session that uses it. `None` for no detectors.
-pub(crate) fn for_detectors(names: &[String]) -> Result<Option<std::sync::Arc<Masker>>, String> {
+fn for_detectors(names: &[String]) -> Result<Option<std::sync::Arc<Masker>>, String> {
     use std::collections::HashMap;
     use std::sync::{Arc, LazyLock, Mutex};
     static BUILT: LazyLock<Mutex<HashMap<Vec<String>, Arc<Masker>>>> = LazyLock::new(Default::default);
@@ -340,6 +340,19 @@ pub(crate) fn for_detectors(names: &[String]) -> Result<Option<std::sync::Arc<Ma
     let masker = Arc::new(gatehouse_mask::masker_from_settings(names).map_err(|e| e.to_string())?);
     built.insert(names.to_vec(), masker.clone());
     Ok(Some(masker))
+}
+
+/// A connection's masking as settings give it: its detectors' masker (built once per distinct
+/// list, see [`for_detectors`]) and its whole-column rules.
+pub(crate) fn for_connection(
+    detectors: &[String],
+    columns: &[String],
+) -> Result<(Option<std::sync::Arc<Masker>>, Vec<gatehouse_mask::ColumnPattern>), String> {
+    let rules = columns
+        .iter()
+        .map(|p| gatehouse_mask::ColumnPattern::parse(p).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((for_detectors(detectors)?, rules))
 }
 
 /// `text` with what the masker finds masked (for what the gateway records).

@@ -397,23 +397,8 @@ impl Session {
             forget_cancel(cancels, pid, key);
             return "the caller left".into();
         }
-        let masker = match crate::masking::for_detectors(&session.mask) {
+        let (masker, column_rules) = match crate::masking::for_connection(&session.mask, &session.mask_columns) {
             Ok(m) => m,
-            Err(e) => {
-                let _ =
-                    client_write.write_all(&fatal("08004", &format!("the connection's masking is invalid: {e}"))).await;
-                let _ = client_write.flush().await;
-                forget_cancel(cancels, pid, key);
-                return format!("invalid masking: {e}");
-            }
-        };
-        let column_rules = match session
-            .mask_columns
-            .iter()
-            .map(|p| gatehouse_mask::ColumnPattern::parse(p).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(r) => r,
             Err(e) => {
                 let _ =
                     client_write.write_all(&fatal("08004", &format!("the connection's masking is invalid: {e}"))).await;

@@ -145,10 +145,7 @@ fn unreachable_connection_and_bad_input_are_reported() {
             vec!["connections", "add", "x", "--type", "postgres", "--host", "h", "--mask-column", "users.ssn"],
             "schema.table.column",
         ),
-        (
-            vec!["connections", "add", "x", "--type", "postgres", "--host", "h", "--mask", "custom:order"],
-            "no pattern",
-        ),
+        (vec!["connections", "add", "x", "--type", "postgres", "--host", "h", "--mask", "custom:order"], "no pattern"),
         (
             vec!["connections", "add", "x", "--type", "postgres", "--host", "h", "--mask", "custom:order=("],
             "custom:order",

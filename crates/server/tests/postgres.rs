@@ -272,16 +272,7 @@ fn losing_the_upstream_gives_that_caller_a_clean_error() {
     let f = Fixture::new();
     // A second resource, whose session must not notice the first one dying.
     let other = Postgres::start().unwrap();
-    let out =
-        f.gw.client()
-            .env("GATEHOUSE_TOKEN", f.gw.admin_token())
-            .env("PGPW", other.superuser_password())
-            .args(["connections", "add", "other", "--type", "postgres", "--host", "127.0.0.1", "--port"])
-            .arg(other.port().to_string())
-            .args(["--database", "postgres", "--user", other.superuser(), "--password-env", "PGPW", "--tls", "disable"])
-            .output()
-            .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    add_connection(&f.gw, "other", &other);
     f.policies(&format!(
         "{POLICIES}\n@id(\"apps-other\")\npermit (principal in Group::\"apps\", action in [Action::\"connect\", Action::\"sql.select\"], resource in Connection::\"other\");"
     ));

@@ -64,16 +64,7 @@ impl Fixture {
         let mut all = vec![("GATEHOUSE_LISTEN_POSTGRES", listen.as_str()), ("GATEHOUSE_POSTGRES_AUTH_TIMEOUT", "2s")];
         all.extend_from_slice(env);
         let gw = Gateway::start_with(bin(), &all).unwrap();
-        let out = gw
-            .client()
-            .env("GATEHOUSE_TOKEN", gw.admin_token())
-            .env("PGPW", pg.superuser_password())
-            .args(["connections", "add", "pg", "--type", "postgres", "--host", "127.0.0.1", "--port"])
-            .arg(pg.port().to_string())
-            .args(["--database", "postgres", "--user", pg.superuser(), "--password-env", "PGPW", "--tls", "disable"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+        add_connection(&gw, "pg", &pg);
         let token = gw.cli_ok(&["identities", "add", "app", "--groups", "apps"]).unwrap().trim().to_string();
         let f = Fixture { pg, gw, port, token };
         f.policies(POLICIES);
@@ -160,6 +151,20 @@ pub async fn ends(c: &tokio_postgres::Client) -> bool {
 
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| format!("not a server error: {e}"))
+}
+
+/// Adds connection `name` to `pg`'s `postgres` database, as its superuser, without TLS.
+pub fn add_connection(gw: &Gateway, name: &str, pg: &Postgres) {
+    let out = gw
+        .client()
+        .env("GATEHOUSE_TOKEN", gw.admin_token())
+        .env("PGPW", pg.superuser_password())
+        .args(["connections", "add", name, "--type", "postgres", "--host", "127.0.0.1", "--port"])
+        .arg(pg.port().to_string())
+        .args(["--database", "postgres", "--user", pg.superuser(), "--password-env", "PGPW", "--tls", "disable"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// A caller speaking the wire protocol byte by byte, for what stock clients never send.
