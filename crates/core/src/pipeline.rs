@@ -127,6 +127,10 @@ pub struct Request {
     /// Parameter values sent with the request (extended protocol), recorded with it but not
     /// given to policy.
     pub params: Vec<String>,
+    /// Identifies the exact request: a hash of its text and parameter values as the caller sent
+    /// them, before anything was masked for the record. Equal digests mean the same request; a
+    /// review's grant covers only requests with its digest.
+    pub digest: String,
 }
 
 /// The decision on a request, and its place in the recording.
@@ -134,6 +138,19 @@ pub struct Request {
 pub struct Verdict {
     pub seq: i64,
     pub decision: Decision,
+    /// For `Review`: the review the request waits for. The adapter tells the caller
+    /// ([`Hold::notice`]) and then waits with [`Pipeline::hold`].
+    pub held: Option<Hold>,
+    /// For `Allow` by an approved review's grant: that review's id.
+    pub grant: Option<String>,
+}
+
+/// A request waiting for a person's approval.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub review_id: String,
+    /// What to tell the caller while it waits: the review, who must approve it, and where.
+    pub notice: String,
 }
 
 /// What happened to a request that ran.
@@ -163,6 +180,17 @@ pub trait Pipeline: Send + Sync + 'static {
     /// means it could not be recorded or decided: the adapter must refuse it.
     fn authorize(&self, session: &OpenedSession, req: &Request)
     -> impl Future<Output = Result<Verdict, String>> + Send;
+
+    /// Holds a request that needs review until the review is decided, the hold time passes, or
+    /// the session ends. `Ok` when approved: the request is recorded again as allowed by the
+    /// grant and may be forwarded. `Err` with the message for the caller otherwise (denied,
+    /// expired, still pending: the caller may re-run the same request once it is approved).
+    fn hold(
+        &self,
+        session: &OpenedSession,
+        hold: &Hold,
+        req: &Request,
+    ) -> impl Future<Output = Result<Verdict, String>> + Send;
 
     /// Decides a request without recording it: for a check ahead of the real one (a prepared
     /// statement at `Parse`, decided and recorded again each time it runs).

@@ -90,6 +90,7 @@ impl Statements for SqlStatements {
                         note: s.error.clone(),
                         context,
                         params: Vec::new(),
+                        digest: crate::digest::statement(&s.text),
                     },
                     refuse,
                     restamp,

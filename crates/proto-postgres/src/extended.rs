@@ -113,6 +113,8 @@ impl Prepared {
 pub(crate) struct Portal {
     pub prepared: Arc<Prepared>,
     pub params: Vec<String>,
+    /// The digest of the parameter values as sent, if there were any.
+    pub values_digest: Option<String>,
     /// The result format codes as `Bind` gave them (none: all text; one: for every column).
     pub formats: Vec<i16>,
     pub columns: Mutex<Option<Arc<[Column]>>>,
@@ -120,8 +122,30 @@ pub(crate) struct Portal {
 }
 
 impl Portal {
-    pub fn new(prepared: Arc<Prepared>, params: Vec<String>, formats: Vec<i16>) -> Portal {
-        Portal { prepared, params, formats, columns: Mutex::new(None), describing: AtomicBool::new(false) }
+    pub fn new(
+        prepared: Arc<Prepared>,
+        params: Vec<String>,
+        values_digest: Option<String>,
+        formats: Vec<i16>,
+    ) -> Portal {
+        Portal {
+            prepared,
+            params,
+            values_digest,
+            formats,
+            columns: Mutex::new(None),
+            describing: AtomicBool::new(false),
+        }
+    }
+
+    /// Its statement's request as run with this portal's values.
+    pub fn request(&self, statement: &gatehouse_core::pipeline::Request) -> gatehouse_core::pipeline::Request {
+        let mut request = statement.clone();
+        request.params = self.params.clone();
+        if let Some(values) = &self.values_digest {
+            request.digest = crate::digest::with_values(&statement.digest, values);
+        }
+        request
     }
 
     /// The columns its rows have, in the formats it returns them: from a `Describe` of the
@@ -173,6 +197,8 @@ pub(crate) struct BindMessage {
     /// Each parameter as recorded: text-format values as sent, binary ones of common types read
     /// by the statement's parameter types, anything else as hex; capped; `NULL` as `null`.
     pub params: Vec<String>,
+    /// The digest of the values exactly as sent, if there were any.
+    pub values_digest: Option<String>,
     pub result_formats: Vec<i16>,
 }
 
@@ -235,6 +261,7 @@ pub(crate) fn bind_message(body: &[u8], types: &[u32]) -> Result<BindMessage, St
         return Err("bad parameter count".into());
     }
     let mut params = Vec::with_capacity(nparams as usize);
+    let mut digest = crate::digest::Values::new();
     for i in 0..nparams as usize {
         // No codes: all text; one code: for every parameter; else one per parameter.
         let binary = match formats.len() {
@@ -250,6 +277,7 @@ pub(crate) fn bind_message(body: &[u8], types: &[u32]) -> Result<BindMessage, St
             at += len as usize;
             Some(v)
         };
+        digest.push(value, binary);
         params.push(crate::params::render(value, binary, types.get(i).copied().unwrap_or(0)));
     }
     let nresults = int16(body, &mut at)?;
@@ -260,7 +288,7 @@ pub(crate) fn bind_message(body: &[u8], types: &[u32]) -> Result<BindMessage, St
     for _ in 0..nresults {
         result_formats.push(int16(body, &mut at)?);
     }
-    Ok(BindMessage { portal, params, result_formats })
+    Ok(BindMessage { portal, params, values_digest: digest.finish(), result_formats })
 }
 
 /// The statement a `Bind` names (read before the rest, which needs the statement's types).

@@ -21,6 +21,7 @@
 mod backend;
 mod catalog;
 mod classify;
+mod digest;
 mod extended;
 mod frontend;
 mod masking;

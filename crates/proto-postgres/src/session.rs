@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gatehouse_core::pipeline::{OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult};
+use gatehouse_core::pipeline::{
+    Hold, OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult, Verdict,
+};
 use gatehouse_core::{Decision, Outcome};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -727,10 +729,9 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         let mut message = match adapter_reason {
             Some(r) => format!("permission denied: {r}"),
             None => match decision.outcome {
-                Outcome::Review => format!(
-                    "permission denied: this statement needs approval ({}); approvals are not available through this gateway yet",
-                    decision.explain()
-                ),
+                Outcome::Review => {
+                    format!("permission denied: this statement needs approval ({})", decision.explain())
+                }
                 _ => format!("permission denied: {}", decision.explain()),
             },
         };
@@ -738,6 +739,16 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             message.push_str(&format!(" ({note})"));
         }
         messages::error_response(Severity::Error, "42501", &message, detail, None)
+    }
+
+    /// Holds a request for its review: the caller is told at once (a `NoticeResponse`), then the
+    /// session waits for the decision without reading further messages. The outer error is a
+    /// lost caller connection; the inner one the refusal to answer with.
+    async fn hold(&mut self, hold: &Hold, request: &Request) -> Result<Result<Verdict, String>, String> {
+        let notice = messages::notice_response(Severity::Notice, "00000", &hold.notice, None, None);
+        self.send_client(&notice).await?;
+        self.flush().await?;
+        Ok(self.pipeline.hold(self.session, hold, request).await)
     }
 
     /// The answer when a request could not be recorded: it is not forwarded (fail closed).
@@ -830,17 +841,18 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                     self.ext.expects.push_back(Expect::Bind);
                     return Self::forward(up, m.raw()).await;
                 };
+                let params = bind.params.into_iter().map(|p| crate::masking::text(self.masker.as_deref(), p)).collect();
+                let portal = Portal::new(prepared.clone(), params, bind.values_digest, bind.result_formats);
                 if prepared.decide_at_bind {
+                    // Decided with its values: refused now if policy says no; one that still
+                    // needs review is held when it runs, at Execute.
                     for r in &prepared.requests {
-                        let mut request = r.request.clone();
-                        request.params = bind.params.clone();
-                        if self.pipeline.check(self.session, &request).await.outcome != Outcome::Allow {
+                        let request = portal.request(&r.request);
+                        if self.pipeline.check(self.session, &request).await.outcome == Outcome::Deny {
                             return self.refuse_recorded(&request, None, None, "at Bind", up).await;
                         }
                     }
                 }
-                let params = bind.params.into_iter().map(|p| crate::masking::text(self.masker.as_deref(), p)).collect();
-                let portal = Portal::new(prepared, params, bind.result_formats);
                 self.ext.portals.insert(bind.portal, Arc::new(portal));
                 self.ext.expects.push_back(Expect::Bind);
                 Self::forward(up, m.raw()).await
@@ -861,10 +873,25 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 };
                 let mut seq = None;
                 for r in &portal.prepared.requests {
-                    let mut request = r.request.clone();
-                    request.params = portal.params.clone();
+                    let request = portal.request(&r.request);
                     match self.pipeline.authorize(self.session, &request).await {
                         Ok(v) if v.decision.outcome == Outcome::Allow && r.refuse.is_none() => seq = Some(v.seq),
+                        Ok(Verdict { seq: held_seq, held: Some(hold), .. }) if r.refuse.is_none() => {
+                            match self.hold(&hold, &request).await? {
+                                Ok(allowed) => seq = Some(allowed.seq),
+                                Err(message) => {
+                                    self.finish(held_seq, Some(format!("refused: {message}")), 0, None);
+                                    let refusal = messages::error_response(
+                                        Severity::Error,
+                                        "42501",
+                                        &format!("permission denied: {message}"),
+                                        None,
+                                        None,
+                                    );
+                                    return self.refuse_extended(refusal, up).await;
+                                }
+                            }
+                        }
                         Ok(v) => {
                             self.finish(v.seq, Some("refused".into()), 0, None);
                             let refusal =
@@ -1253,7 +1280,8 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         for (i, stmt) in batch.iter().enumerate() {
             match self.pipeline.authorize(self.session, &stmt.request).await {
                 Ok(v) => {
-                    let denied = v.decision.outcome != Outcome::Allow || stmt.refuse.is_some();
+                    let held = v.decision.outcome == Outcome::Review && v.held.is_some();
+                    let denied = (v.decision.outcome != Outcome::Allow && !held) || stmt.refuse.is_some();
                     if denied && refusal.is_none() {
                         refusal = Some((i, v.decision.clone(), stmt.refuse.clone()));
                     }
@@ -1268,6 +1296,47 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                     return self.refuse(msg, up).await;
                 }
             }
+        }
+        // Statements that need review wait here, one after another, until each is decided.
+        let mut held_refusal: Option<(usize, String)> = None;
+        if refusal.is_none() {
+            for i in 0..verdicts.len() {
+                let Some(hold) = verdicts[i].held.clone() else { continue };
+                match self.hold(&hold, &batch[i].request).await? {
+                    // The approved run is recorded as its own request; its result goes there.
+                    Ok(allowed) => verdicts[i] = allowed,
+                    Err(message) => {
+                        held_refusal = Some((i, message));
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some((i, message)) = held_refusal {
+            let n = batch.len();
+            for (j, v) in verdicts.iter().enumerate() {
+                let why = if j == i {
+                    format!("refused: {message}")
+                } else {
+                    "not run: another statement of the batch was not approved".into()
+                };
+                self.finish(v.seq, Some(why), 0, None);
+            }
+            let detail = (n > 1).then(|| {
+                format!(
+                    "statement {} of {n} was not approved, so none of them ran: {}",
+                    i + 1,
+                    truncate(&batch[i].request.text, 200)
+                )
+            });
+            let err = messages::error_response(
+                Severity::Error,
+                "42501",
+                &format!("permission denied: {message}"),
+                detail.as_deref(),
+                None,
+            );
+            return self.refuse(err, up).await;
         }
         if let Some((i, decision, adapter_reason)) = refusal {
             let n = batch.len();

@@ -475,9 +475,9 @@ fn a_portal_knows_its_columns_in_the_formats_bind_chose() {
     let prepared = Arc::new(Prepared::new(vec![], false));
     let described = row_description_frame(&[("a", 23, 0), ("b", 25, 0), ("c", 17, 0)]).row_description().unwrap();
     let formats = |portal: &Portal| portal.columns().map(|c| c.iter().map(|c| c.format).collect::<Vec<_>>());
-    let all_binary = Portal::new(prepared.clone(), vec![], vec![1]);
-    let each = Portal::new(prepared.clone(), vec![], vec![0, 1, 0]);
-    let text = Portal::new(prepared.clone(), vec![], vec![]);
+    let all_binary = Portal::new(prepared.clone(), vec![], None, vec![1]);
+    let each = Portal::new(prepared.clone(), vec![], None, vec![0, 1, 0]);
+    let text = Portal::new(prepared.clone(), vec![], None, vec![]);
     assert!(all_binary.shape_unknown());
     assert_eq!(formats(&all_binary), None);
     Described::Statement(prepared.clone()).answered(described);
@@ -486,7 +486,7 @@ fn a_portal_knows_its_columns_in_the_formats_bind_chose() {
     assert_eq!(formats(&each), Some(vec![0, 1, 0]));
     assert_eq!(formats(&text), Some(vec![0, 0, 0]));
     // A Describe of the portal itself wins over its statement's.
-    let own = Arc::new(Portal::new(prepared, vec![], vec![]));
+    let own = Arc::new(Portal::new(prepared, vec![], None, vec![]));
     Described::Portal(own.clone()).answered(row_description_frame(&[("x", 23, 1)]).row_description().unwrap());
     assert_eq!(own.columns().unwrap()[0].name, "x");
 }

@@ -31,6 +31,8 @@ pub struct App {
     pub chain: RwLock<Option<VerifyReport>>,
     /// Proxied sessions open right now.
     pub live: crate::pipeline::LiveSessions,
+    /// Held requests and access grants in force.
+    pub reviews: crate::reviews::Reviews,
 }
 
 /// The parts of the management API, as `Api::"…"` resources in policy.
@@ -41,6 +43,7 @@ pub enum Area {
     Policies,
     Sessions,
     Audit,
+    Reviews,
 }
 
 impl Area {
@@ -51,6 +54,7 @@ impl Area {
             Area::Policies => "policies",
             Area::Sessions => "sessions",
             Area::Audit => "audit",
+            Area::Reviews => "reviews",
         }
     }
 }

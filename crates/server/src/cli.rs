@@ -80,6 +80,12 @@ enum Command {
     /// The tamper-evident audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Requests held for approval, and access requests: list, show, approve, deny.
+    #[command(subcommand)]
+    Reviews(ReviewsCommand),
+    /// Ask for time-bound membership of a group.
+    #[command(subcommand)]
+    Access(AccessCommand),
     /// The certificates the gateway presents.
     #[command(subcommand)]
     Tls(TlsCommand),
@@ -380,6 +386,54 @@ enum SessionsCommand {
     },
     /// End a live session now; its caller gets a clear error.
     Kill { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReviewsCommand {
+    /// Reviews you asked for or may decide (all, for admins), pending first.
+    List {
+        /// pending, approved, denied or expired.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// One review: the exact request, who asked, why, who must approve, the votes so far.
+    Show {
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Approve a review (you must be in one of its approver groups, and not its requester).
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Deny a review; the held request ends with an error quoting your comment.
+    Deny {
+        id: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccessCommand {
+    /// Ask to be a member of a requestable group for a while; prints the review to approve.
+    Request {
+        #[arg(long)]
+        group: String,
+        /// How long, e.g. 1h or 30m (at most the group's configured max).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -908,9 +962,120 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Reviews(cmd) => review_command(c, cmd).await?,
+        Command::Access(AccessCommand::Request { group, duration, reason, json }) => {
+            let body = json!({"group": group, "for": duration, "reason": reason});
+            let v: Value = c.call(Method::POST, "/api/v1/access/requests", Some(body)).await?;
+            if json.json {
+                print_json(&v)?;
+            } else {
+                outln!("{}", s(&v["id"]));
+                eprintln!(
+                    "review {} created: {} needs approval by {}",
+                    s(&v["id"]),
+                    s(&v["request"]),
+                    approvers_line(&v["approvers"])
+                );
+            }
+        }
         Command::Serve(_) | Command::Config(_) | Command::Tls(_) => return unreachable_serve(),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn approvers_line(approvers: &Value) -> String {
+    let groups: Vec<String> = approvers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| match a["quorum"].as_u64() {
+            Some(q) if q > 1 => format!("{} (quorum {q})", s(&a["group"])),
+            _ => s(&a["group"]),
+        })
+        .collect();
+    groups.join(" and ")
+}
+
+async fn review_command(c: &Client, cmd: &ReviewsCommand) -> Result<(), Failure> {
+    match cmd {
+        ReviewsCommand::List { status, limit, json } => {
+            let mut query = vec![format!("limit={limit}")];
+            if let Some(st) = status {
+                query.push(format!("status={}", path_part(st)));
+            }
+            let v: Vec<Value> = c.get(&format!("/api/v1/reviews?{}", query.join("&"))).await?;
+            if json.json {
+                return print_json(&v);
+            }
+            let rows = v
+                .iter()
+                .map(|x| {
+                    let request: String = s(&x["request"]).chars().take(60).collect();
+                    vec![
+                        s(&x["id"]),
+                        s(&x["status"]),
+                        s(&x["requester"]),
+                        s(&x["connection"]),
+                        request,
+                        approvers_line(&x["approvers"]),
+                        s(&x["created_at"]),
+                    ]
+                })
+                .collect();
+            table(&["ID", "STATUS", "REQUESTER", "CONNECTION", "REQUEST", "APPROVERS", "CREATED"], rows);
+        }
+        ReviewsCommand::Show { id, json } => {
+            let v: Value = c.get(&format!("/api/v1/reviews/{}", path_part(id))).await?;
+            if json.json {
+                return print_json(&v);
+            }
+            outln!("review {} ({}, {})", s(&v["id"]), s(&v["kind"]), s(&v["status"]));
+            outln!("requester: {}", s(&v["requester"]));
+            if v["connection"].is_string() {
+                outln!("connection: {}  session: {}", s(&v["connection"]), s(&v["session_id"]));
+            }
+            outln!("request: {}", s(&v["request"]));
+            if v["params"].as_array().is_some_and(|p| !p.is_empty()) {
+                outln!("parameters: {}", serde_json::to_string(&v["params"])?);
+            }
+            outln!("reason: {}", s(&v["reason"]));
+            outln!("approvers: {}", approvers_line(&v["approvers"]));
+            outln!("created: {}  expires: {}", s(&v["created_at"]), s(&v["expires_at"]));
+            if v["grant_until"].is_string() {
+                outln!("grant until: {}  used: {}", s(&v["grant_until"]), s(&v["used_at"]));
+            }
+            for vote in v["votes"].as_array().into_iter().flatten() {
+                outln!(
+                    "  {} {} by {} (as {}){}",
+                    s(&vote["at"]),
+                    s(&vote["decision"]),
+                    s(&vote["approver"]),
+                    s(&vote["groups"]),
+                    vote["comment"].as_str().filter(|c| !c.is_empty()).map(|c| format!(": {c}")).unwrap_or_default()
+                );
+            }
+        }
+        ReviewsCommand::Approve { id, comment } | ReviewsCommand::Deny { id, comment } => {
+            let verb = if matches!(cmd, ReviewsCommand::Approve { .. }) { "approve" } else { "deny" };
+            let v: Value = c
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/reviews/{}/{verb}", path_part(id)),
+                    Some(json!({"comment": comment})),
+                )
+                .await?;
+            let status = s(&v["status"]);
+            if status == "pending" {
+                eprintln!(
+                    "review {id}: your approval is counted; it still needs more approvals ({})",
+                    approvers_line(&v["approvers"])
+                );
+            } else {
+                eprintln!("review {id} is now {status}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One line per event for `sessions show`.

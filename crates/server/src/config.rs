@@ -15,7 +15,7 @@ const TOP_LEVEL: &[&str] = &["data_dir", "store"];
 /// Sections a `GATEHOUSE_<SECTION>_<KEY>` variable may address. Variables for other sections
 /// (another tool's, or a section a later version adds) are ignored with a warning; a wrong key
 /// inside a known section stops the server.
-const SECTIONS: &[&str] = &["listen", "tls", "audit", "log", "server", "oidc", "metrics", "postgres"];
+const SECTIONS: &[&str] = &["listen", "tls", "audit", "log", "server", "oidc", "metrics", "postgres", "reviews"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,6 +32,8 @@ pub struct Config {
     pub audit: Audit,
     pub log: Log,
     pub server: Server,
+    pub reviews: Reviews,
+    pub access: Access,
 }
 
 impl Default for Config {
@@ -47,6 +49,8 @@ impl Default for Config {
             audit: Audit::default(),
             log: Log::default(),
             server: Server::default(),
+            reviews: Reviews::default(),
+            access: Access::default(),
         }
     }
 }
@@ -235,6 +239,77 @@ impl Default for Server {
     }
 }
 
+/// Just-in-time approval of requests that policy holds for review.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reviews {
+    /// How long a request that needs review is held on the wire, waiting for a decision.
+    #[serde(deserialize_with = "lenient::u64")]
+    pub hold_seconds: u64,
+    /// A review nobody decided within this expires.
+    pub expire_after: String,
+    /// How long an approved request may still be run (once) by re-sending it.
+    pub grant_validity: String,
+    /// Where to POST a JSON notification of each new review (Slack-compatible `text`).
+    pub webhook_url: String,
+    /// The address approvers open, for links in notices and notifications (default: the API
+    /// listener's own address).
+    pub public_url: String,
+}
+
+impl Default for Reviews {
+    fn default() -> Self {
+        Reviews {
+            hold_seconds: 30,
+            expire_after: "1h".into(),
+            grant_validity: "15m".into(),
+            webhook_url: String::new(),
+            public_url: String::new(),
+        }
+    }
+}
+
+/// Groups people may ask to join for a while (`gatehouse access request`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Access {
+    pub groups: BTreeMap<String, AccessGroup>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessGroup {
+    /// The groups that must approve, comma-separated.
+    pub approvers: String,
+    /// Distinct members of each approver group that must approve.
+    #[serde(default = "one")]
+    pub quorum: u32,
+    /// The longest window that may be asked for.
+    #[serde(default = "four_hours")]
+    pub max: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn four_hours() -> String {
+    "4h".into()
+}
+
+/// The review settings, checked.
+#[derive(Debug, Clone)]
+pub struct ReviewSettings {
+    pub hold: Duration,
+    pub expire_after: Duration,
+    pub grant_validity: Duration,
+    pub webhook_url: Option<reqwest::Url>,
+    /// Without a trailing slash.
+    pub public_url: String,
+    /// Requestable groups: approvers (group, quorum) and the longest window.
+    pub access: BTreeMap<String, (Vec<(String, u32)>, Duration)>,
+}
+
 /// Values taken from flags, which override everything else.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -264,6 +339,7 @@ pub struct Loaded {
     pub postgres: PostgresLimits,
     pub shutdown_grace: Duration,
     pub fsync_each_batch: bool,
+    pub reviews: ReviewSettings,
 }
 
 /// Loads the configuration from an optional file, the process environment and the flags.
@@ -444,7 +520,87 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
     }
     let shutdown_grace = humantime::parse_duration(&config.server.shutdown_grace)
         .map_err(|e| err("server.shutdown_grace", format!("{:?}: {e}", config.server.shutdown_grace)))?;
-    Ok(Loaded { config, store, api_addr, tls, oidc, postgres_addr, postgres, shutdown_grace, fsync_each_batch })
+    let reviews = review_settings(&config, api_addr, tls.is_some(), &err)?;
+    Ok(Loaded {
+        config,
+        store,
+        api_addr,
+        tls,
+        oidc,
+        postgres_addr,
+        postgres,
+        shutdown_grace,
+        fsync_each_batch,
+        reviews,
+    })
+}
+
+fn review_settings(
+    config: &Config,
+    api_addr: Option<SocketAddr>,
+    tls: bool,
+    err: &dyn Fn(&str, String) -> String,
+) -> Result<ReviewSettings, String> {
+    let r = &config.reviews;
+    let duration = |key: &str, v: &str| match humantime::parse_duration(v) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(err(key, format!("{v:?} must be longer than zero"))),
+        Err(e) => Err(err(key, format!("{v:?}: {e}"))),
+    };
+    if r.hold_seconds > 3600 {
+        return Err(err("reviews.hold_seconds", format!("{} is more than an hour (3600)", r.hold_seconds)));
+    }
+    let webhook_url = match r.webhook_url.as_str() {
+        "" => None,
+        text => {
+            let url = reqwest::Url::parse(text).map_err(|e| err("reviews.webhook_url", format!("{text:?}: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(err("reviews.webhook_url", format!("{text:?} is not an http:// or https:// URL")));
+            }
+            Some(url)
+        }
+    };
+    let public_url = match r.public_url.as_str() {
+        "" => match api_addr {
+            Some(addr) => format!("{}://{addr}", if tls { "https" } else { "http" }),
+            None => String::new(),
+        },
+        text => {
+            let url = reqwest::Url::parse(text).map_err(|e| err("reviews.public_url", format!("{text:?}: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(err("reviews.public_url", format!("{text:?} is not an http:// or https:// URL")));
+            }
+            text.trim_end_matches('/').to_string()
+        }
+    };
+    let mut access = BTreeMap::new();
+    for (group, g) in &config.access.groups {
+        let key = |field: &str| format!("access.groups.{group}.{field}");
+        gatehouse_core::validate_group_name(group).map_err(|e| err(&format!("access.groups.{group}"), e))?;
+        let approvers: Vec<(String, u32)> = g
+            .approvers
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| gatehouse_core::validate_group_name(a).map(|()| (a.to_string(), g.quorum)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(&key("approvers"), e))?;
+        if approvers.is_empty() {
+            return Err(err(&key("approvers"), "names no group; every requestable group needs approvers".into()));
+        }
+        if g.quorum == 0 {
+            return Err(err(&key("quorum"), "must be at least 1".into()));
+        }
+        access.insert(group.clone(), (approvers, duration(&key("max"), &g.max)?));
+    }
+    Ok(ReviewSettings {
+        hold: Duration::from_secs(r.hold_seconds),
+        expire_after: duration("reviews.expire_after", &r.expire_after)?,
+        grant_validity: duration("reviews.grant_validity", &r.grant_validity)?,
+        webhook_url,
+        public_url,
+        access,
+    })
 }
 
 fn oidc_settings(
@@ -516,6 +672,10 @@ impl Loaded {
         if !shown.oidc.client_secret.is_empty() {
             shown.oidc.client_secret = "***".into();
         }
+        // A webhook URL often is the secret (Slack's are): show only where it goes.
+        if let Some(url) = &self.reviews.webhook_url {
+            shown.reviews.webhook_url = format!("{}://{}/***", url.scheme(), url.host_str().unwrap_or_default());
+        }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -529,6 +689,22 @@ mod lenient {
     enum BoolOrString {
         Bool(bool),
         String(String),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum U64OrString {
+        U64(u64),
+        String(String),
+    }
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match U64OrString::deserialize(d)? {
+            U64OrString::U64(n) => Ok(n),
+            U64OrString::String(s) => {
+                s.trim().parse().map_err(|_| D::Error::custom(format!("{s:?} is not a whole number")))
+            }
+        }
     }
 
     pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -556,6 +732,42 @@ mod tests {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), text).unwrap();
         f
+    }
+
+    #[test]
+    fn reviews_and_requestable_groups() {
+        let l = load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(l.reviews.hold, Duration::from_secs(30));
+        assert_eq!(l.reviews.grant_validity, Duration::from_secs(900));
+        assert_eq!(l.reviews.public_url, "http://127.0.0.1:8800");
+        assert!(l.reviews.access.is_empty() && l.reviews.webhook_url.is_none());
+
+        let f = file(
+            "[reviews]\nwebhook_url = \"https://hooks.example.com/services/T0/B0/XyZzY\"\n\
+             [access.groups.oncall]\napprovers = \"sre, security\"\nquorum = 2\nmax = \"2h\"\n",
+        );
+        let env = env(&[("GATEHOUSE_REVIEWS_HOLD_SECONDS", "5")]);
+        let l = load_from(Some(f.path()), &env, &Overrides::default()).unwrap();
+        assert_eq!(l.reviews.hold, Duration::from_secs(5));
+        let (approvers, max) = &l.reviews.access["oncall"];
+        assert_eq!(approvers, &vec![("sre".to_string(), 2), ("security".to_string(), 2)]);
+        assert_eq!(*max, Duration::from_secs(7200));
+        let shown = l.effective_toml();
+        assert!(!shown.contains("XyZzY"), "the webhook URL is redacted: {shown}");
+        assert!(shown.contains("hooks.example.com"));
+
+        for (text, key) in [
+            ("[access.groups.x]\napprovers = \"\"\n", "access.groups.x.approvers"),
+            ("[access.groups.x]\napprovers = \"a\"\nmax = \"soon\"\n", "access.groups.x.max"),
+            ("[access.groups.x]\napprovers = \"a\"\nquorum = 0\n", "access.groups.x.quorum"),
+            ("[reviews]\nwebhook_url = \"ftp://x\"\n", "reviews.webhook_url"),
+            ("[reviews]\ngrant_validity = \"0s\"\n", "reviews.grant_validity"),
+            ("[reviews]\nhold_seconds = \"soon\"\n", "reviews.hold_seconds"),
+        ] {
+            let f = file(text);
+            let e = load_from(Some(f.path()), &[], &Overrides::default()).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

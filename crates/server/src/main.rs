@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod metrics;
 mod pipeline;
+mod reviews;
 mod serve;
 mod tls;
 

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub upstream_errors: Family<Labels, Counter>,
     pub authentications: Family<Labels, Counter>,
     masked: Family<Labels, Counter>,
+    reviews: Family<Labels, Counter>,
+    held: Gauge,
     pub audit_events: Counter,
     pub audit_failures: Counter,
     pub audit_commit_seconds: Histogram,
@@ -44,13 +46,15 @@ impl Metrics {
             "Requests decided, by protocol and decision (allow, review, deny)",
             requests.clone(),
         );
-        // Reviews and masking arrive with their adapters; their series exist from the start (at
-        // zero) so dashboards and alerts can be written against stable names.
+        // Series exist from the start (at zero) so dashboards and alerts can be written against
+        // stable names.
         let reviews = Family::<Labels, Counter>::default();
         for status in ["created", "approved", "denied", "expired"] {
             let _ = reviews.get_or_create(&vec![("status", status.to_string())]);
         }
-        registry.register("reviews", "Reviews, by status (created, approved, denied, expired)", reviews);
+        registry.register("reviews", "Reviews, by status (created, approved, denied, expired)", reviews.clone());
+        let held = Gauge::default();
+        registry.register("held_requests", "Requests held on the wire waiting for a review", held.clone());
         let masked = Family::<Labels, Counter>::default();
         for detector in ["email", "credit_card", "iban", "ssn", "phone", "ip", "secret"] {
             let _ = masked.get_or_create(&vec![("detector", detector.to_string())]);
@@ -89,6 +93,8 @@ impl Metrics {
         registry.register("build_info", "The running version", build);
         Arc::new(Metrics {
             masked,
+            reviews,
+            held,
             registry,
             sessions,
             requests,
@@ -99,6 +105,16 @@ impl Metrics {
             audit_commit_seconds,
             audit_queue_depth,
         })
+    }
+
+    /// Counts a review reaching `status` (`created`, `approved`, `denied`, `expired`).
+    pub fn review(&self, status: &str) {
+        self.reviews.get_or_create(&vec![("status", status.to_string())]).inc();
+    }
+
+    /// One more (`1`) or one fewer (`-1`) request held for review.
+    pub fn held(&self, delta: i64) {
+        self.held.inc_by(delta);
     }
 
     /// Counts values masked by one detector (`custom:NAME` for custom ones).

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use gatehouse_audit::{Entry, new_session_id, now_ms, session_record};
 use gatehouse_auth::AuthError;
 use gatehouse_core::pipeline::{
-    OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult, UpstreamTarget, Verdict,
+    Hold, OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult, UpstreamTarget, Verdict,
 };
 use gatehouse_core::{AuthzRequest, ConnectionInfo, Decision, Identity, IdentityKind, Outcome, Resource};
 use gatehouse_store::ConnectionRecord;
@@ -163,6 +163,87 @@ impl DataPath {
 }
 
 impl DataPath {
+    /// Records a request and its decision before it may be forwarded; `extra` adds to the event.
+    async fn record_request(
+        &self,
+        session: &OpenedSession,
+        req: &Request,
+        decision: &Decision,
+        extra: serde_json::Value,
+    ) -> Result<i64, String> {
+        let accesses: Vec<String> = req.accesses.iter().map(|(a, r)| format!("{a} {}", r.entity_ref())).collect();
+        let denied = decision.outcome != Outcome::Allow;
+        let mut payload = json!({"action": req.accesses.first().map(|(a, _)| a.clone()).unwrap_or_else(|| "connect".into()),
+            "request": req.text, "params": req.params, "fingerprint": req.fingerprint, "accesses": accesses, "note": req.note,
+            "decision": decision.outcome.as_str(), "policies": decision.policies, "approvers": decision.approvers,
+            "errors": decision.errors});
+        if let (Some(p), serde_json::Value::Object(extra)) = (payload.as_object_mut(), extra) {
+            p.extend(extra);
+        }
+        let entry = Entry::request(&session.id, payload, denied);
+        let seq = self.app.audit.record_one(entry).await.map_err(|e| format!("the audit trail is unavailable: {e}"))?;
+        self.app.metrics.request(session.protocol, decision.outcome.as_str());
+        Ok(seq)
+    }
+
+    /// Uses an approved grant for this exact request, if there is one (`review`: only that
+    /// review's), and records the run it allows.
+    async fn run_granted(
+        &self,
+        session: &OpenedSession,
+        req: &Request,
+        decision: &Decision,
+        review: Option<&str>,
+    ) -> Result<Option<Verdict>, String> {
+        let used = self
+            .app
+            .store
+            .use_grant(&session.identity.name, &session.connection, &req.digest, review, now_ms())
+            .await
+            .map_err(|e| format!("reviews are unavailable: {e}"))?;
+        let Some(review) = used else { return Ok(None) };
+        let approvers: Vec<&str> = review.votes.iter().filter(|v| v.approve).map(|v| v.approver.as_str()).collect();
+        let allowed = Decision::allow(decision.policies.clone());
+        let seq =
+            self.record_request(session, req, &allowed, json!({"grant": review.id, "approved_by": approvers})).await?;
+        Ok(Some(Verdict { seq, decision: allowed, held: None, grant: Some(review.id) }))
+    }
+
+    /// Waits for the review of a held request: approved (the request runs, using the grant),
+    /// denied, expired, still pending when the hold ends, or the session ended meanwhile.
+    async fn wait_for_review(&self, session: &OpenedSession, hold: &Hold, req: &Request) -> Result<Verdict, String> {
+        let deadline = tokio::time::Instant::now() + self.app.reviews.settings().hold;
+        let ended = self.ended(session);
+        tokio::pin!(ended);
+        loop {
+            let mut changes = self.app.reviews.watch(&hold.review_id);
+            let review = match self.app.store.get_review(&hold.review_id).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Err(format!("review {} no longer exists", hold.review_id)),
+                Err(e) => return Err(format!("reviews are unavailable: {e}")),
+            };
+            if review.status == gatehouse_store::ReviewStatus::Approved {
+                let decision = Decision {
+                    outcome: Outcome::Review,
+                    policies: review.policies.clone(),
+                    approvers: vec![],
+                    errors: vec![],
+                };
+                if let Some(verdict) = self.run_granted(session, req, &decision, Some(&review.id)).await? {
+                    return Ok(verdict);
+                }
+            }
+            if review.status != gatehouse_store::ReviewStatus::Pending {
+                return Err(crate::reviews::refusal(&review));
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(crate::reviews::refusal(&review)),
+                reason = &mut ended => return Err(format!("the session ended while the request was held: {reason}")),
+            }
+        }
+    }
+
     /// Decides every access of a request; the strictest outcome wins. The same request shape
     /// in the same session, second and policy generation gets the same decision, so that one is
     /// reused rather than evaluated again.
@@ -178,7 +259,13 @@ impl DataPath {
         // decides the same all day; one that never tests the statement text decides the same
         // for every constant in it.
         let valid_for = if set.mentions("time") { second } else { 0 };
-        let key = decision_key(req, |attribute| set.mentions(attribute));
+        // Groups held by an approved access request count while the window lasts.
+        let (granted, extra) = self.app.reviews.effective(&session.identity, now_ms());
+        let principal = granted.as_ref().unwrap_or(&session.identity);
+        let mut key = decision_key(req, |attribute| set.mentions(attribute));
+        if !extra.is_empty() {
+            key.push_str(&format!("+groups={}\n", extra.join(",")));
+        }
         if let Some(d) = self.app.live.decision(&session.id, &key, generation, valid_for) {
             return Ok(d);
         }
@@ -192,7 +279,7 @@ impl DataPath {
         let connections = std::slice::from_ref(&session.connection_info);
         let decision = Decision::strictest(req.accesses.iter().map(|(action, resource)| {
             let authz = AuthzRequest {
-                principal: session.identity.clone(),
+                principal: principal.clone(),
                 action: action.clone(),
                 resources: vec![resource.clone()],
                 context: context.clone(),
@@ -284,8 +371,9 @@ impl Pipeline for DataPath {
         if let Some(addr) = req.client_addr {
             context.insert("client_ip".into(), json!(addr.ip().to_string()));
         }
+        let (granted, _) = self.app.reviews.effective(&identity, now_ms());
         let authz = AuthzRequest {
-            principal: identity.clone(),
+            principal: granted.unwrap_or_else(|| identity.clone()),
             action: "connect".into(),
             resources: vec![Resource::Connection { connection: conn.name.clone() }],
             context,
@@ -366,19 +454,32 @@ impl Pipeline for DataPath {
 
     async fn authorize(&self, session: &OpenedSession, req: &Request) -> Result<Verdict, String> {
         let decision = self.decide(session, req).await?;
-        let accesses: Vec<String> = req.accesses.iter().map(|(a, r)| format!("{a} {}", r.entity_ref())).collect();
-        let denied = decision.outcome != Outcome::Allow;
-        let entry = Entry::request(
-            &session.id,
-            json!({"action": req.accesses.first().map(|(a, _)| a.clone()).unwrap_or_else(|| "connect".into()),
-                "request": req.text, "params": req.params, "fingerprint": req.fingerprint, "accesses": accesses, "note": req.note,
-                "decision": decision.outcome.as_str(), "policies": decision.policies, "approvers": decision.approvers,
-                "errors": decision.errors}),
-            denied,
-        );
-        let seq = self.app.audit.record_one(entry).await.map_err(|e| format!("the audit trail is unavailable: {e}"))?;
-        self.app.metrics.request(session.protocol, decision.outcome.as_str());
-        Ok(Verdict { seq, decision })
+        if decision.outcome == Outcome::Review && !req.digest.is_empty() {
+            // Approved earlier and sent again: the grant runs it once.
+            if let Some(verdict) = self.run_granted(session, req, &decision, None).await? {
+                return Ok(verdict);
+            }
+            let (review, joined) = crate::reviews::open_request_review(&self.app, session, req, &decision).await?;
+            let seq = self
+                .record_request(
+                    session,
+                    req,
+                    &decision,
+                    json!({"review_id": review.id, "review": if joined { "joined" } else { "created" }}),
+                )
+                .await?;
+            let notice = self.app.reviews.notice(&review, joined);
+            return Ok(Verdict { seq, decision, held: Some(Hold { review_id: review.id, notice }), grant: None });
+        }
+        let seq = self.record_request(session, req, &decision, json!({})).await?;
+        Ok(Verdict { seq, decision, held: None, grant: None })
+    }
+
+    async fn hold(&self, session: &OpenedSession, hold: &Hold, req: &Request) -> Result<Verdict, String> {
+        self.app.metrics.held(1);
+        let result = self.wait_for_review(session, hold, req).await;
+        self.app.metrics.held(-1);
+        result
     }
 
     async fn check(&self, session: &OpenedSession, req: &Request) -> Decision {
@@ -398,6 +499,7 @@ impl Pipeline for DataPath {
             note: None,
             context: serde_json::Map::new(),
             params: Vec::new(),
+            digest: String::new(),
         };
         self.decide(session, &request).await.is_ok_and(|d| d.outcome == Outcome::Allow)
     }

@@ -169,8 +169,11 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         audit,
         chain: RwLock::new(None),
         live: Default::default(),
+        reviews: crate::reviews::Reviews::new(loaded.reviews.clone()),
     });
     bootstrap(&app).await?;
+    app.reviews.load_access(&app.store.active_access_grants(now_ms()).await?);
+    tokio::spawn(crate::reviews::expire_forever(app.clone()));
 
     let checker = app.clone();
     tokio::spawn(async move {

@@ -51,6 +51,96 @@ pub async fn run_all(store: &dyn Store) {
     connections(store).await;
     policies(store).await;
     audit(store).await;
+    reviews(store).await;
+}
+
+fn review(id: &str, digest: &str, created_at: i64) -> ReviewRecord {
+    ReviewRecord {
+        id: id.into(),
+        kind: ReviewKind::Request,
+        status: ReviewStatus::Pending,
+        requester: "fn-billing".into(),
+        requester_kind: IdentityKind::Service,
+        connection: Some("pg".into()),
+        session_id: Some("s1".into()),
+        request: "DELETE FROM t WHERE id = 1".into(),
+        digest: Some(digest.into()),
+        params: vec![],
+        fingerprint: Some("DELETE FROM t WHERE id = ?".into()),
+        accesses: vec!["sql.delete Table::\"pg/public.t\"".into()],
+        policies: vec!["deletes-need-dba".into()],
+        reason: "held for review by policy deletes-need-dba".into(),
+        approvers: vec![ReviewApprovers { group: "dba".into(), quorum: 1 }],
+        votes: vec![],
+        group: None,
+        duration_ms: None,
+        created_at,
+        expires_at: created_at + 1_000,
+        decided_at: None,
+        grant_until: None,
+        used_at: None,
+        version: 1,
+    }
+}
+
+async fn reviews(store: &dyn Store) {
+    let r1 = review("r1", "d1", 10_000);
+    store.create_review(&r1).await.unwrap();
+    assert!(matches!(store.create_review(&r1).await, Err(StoreError::Conflict(_))));
+    store.create_review(&review("r2", "d2", 10_500)).await.unwrap();
+    assert_eq!(store.get_review("r1").await.unwrap().unwrap(), r1);
+    assert!(store.get_review("nope").await.unwrap().is_none());
+
+    // Newest first, filtered by status and requester.
+    let all = store.list_reviews(ReviewFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["r2", "r1"]);
+    let mine = ReviewFilter { requester: Some("someone-else".into()), limit: 10, ..Default::default() };
+    assert!(store.list_reviews(mine).await.unwrap().is_empty());
+
+    // The same exact request joins the pending review while it has not expired.
+    assert_eq!(store.pending_review("fn-billing", "pg", "d1", 10_100).await.unwrap().unwrap().id, "r1");
+    assert!(store.pending_review("fn-billing", "pg", "d1", 11_000).await.unwrap().is_none());
+    assert!(store.pending_review("fn-billing", "pg", "other", 10_100).await.unwrap().is_none());
+    assert!(store.pending_review("other", "pg", "d1", 10_100).await.unwrap().is_none());
+
+    // Updates are refused on a stale copy.
+    let mut approved = r1.clone();
+    approved.status = ReviewStatus::Approved;
+    approved.grant_until = Some(20_000);
+    assert!(store.update_review(&approved).await.unwrap());
+    assert!(!store.update_review(&approved).await.unwrap(), "a stale copy must not overwrite");
+    let stored = store.get_review("r1").await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.version), (ReviewStatus::Approved, 2));
+    assert!(store.pending_review("fn-billing", "pg", "d1", 10_100).await.unwrap().is_none());
+
+    // A grant is used once, only for its exact request, only before it ends.
+    assert!(store.use_grant("fn-billing", "pg", "d2", None, 10_600).await.unwrap().is_none(), "r2 is pending");
+    assert!(store.use_grant("fn-billing", "pg", "d1", None, 20_000).await.unwrap().is_none(), "grant ended");
+    assert!(store.use_grant("fn-billing", "pg", "d1", Some("r2"), 10_600).await.unwrap().is_none());
+    let used = store.use_grant("fn-billing", "pg", "d1", None, 10_600).await.unwrap().unwrap();
+    assert_eq!((used.id.as_str(), used.used_at), ("r1", Some(10_600)));
+    assert!(store.use_grant("fn-billing", "pg", "d1", None, 10_700).await.unwrap().is_none(), "used once");
+
+    // Pending reviews past their time expire; decided ones stay as they are.
+    let expired = store.expire_reviews(12_000).await.unwrap();
+    assert_eq!(expired.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["r2"]);
+    assert_eq!(store.get_review("r2").await.unwrap().unwrap().status, ReviewStatus::Expired);
+    assert_eq!(store.get_review("r1").await.unwrap().unwrap().status, ReviewStatus::Approved);
+    assert!(store.expire_reviews(13_000).await.unwrap().is_empty());
+    let expired = ReviewFilter { status: Some(ReviewStatus::Expired), limit: 10, ..Default::default() };
+    assert_eq!(store.list_reviews(expired).await.unwrap().len(), 1);
+
+    // Access grants are active until their window ends.
+    let mut access = review("r3", "", 30_000);
+    access.kind = ReviewKind::Access;
+    access.digest = None;
+    access.connection = None;
+    access.group = Some("oncall".into());
+    access.status = ReviewStatus::Approved;
+    access.grant_until = Some(40_000);
+    store.create_review(&access).await.unwrap();
+    assert_eq!(store.active_access_grants(35_000).await.unwrap().len(), 1);
+    assert!(store.active_access_grants(40_000).await.unwrap().is_empty());
 }
 
 async fn identities(store: &dyn Store) {

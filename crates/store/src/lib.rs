@@ -89,4 +89,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn session_events(&self, session_id: &str) -> Result<Vec<StoredEvent>>;
     async fn list_sessions(&self, filter: SessionFilter) -> Result<Vec<SessionRecord>>;
     async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>>;
+
+    // Reviews.
+    async fn create_review(&self, review: &ReviewRecord) -> Result<()>;
+    async fn get_review(&self, id: &str) -> Result<Option<ReviewRecord>>;
+    /// Newest first.
+    async fn list_reviews(&self, filter: ReviewFilter) -> Result<Vec<ReviewRecord>>;
+    /// The pending, unexpired request review of this requester for this exact request, if any.
+    async fn pending_review(
+        &self,
+        requester: &str,
+        connection: &str,
+        digest: &str,
+        now: i64,
+    ) -> Result<Option<ReviewRecord>>;
+    /// Stores a changed review if nobody changed it since it was read (its `version` is still
+    /// the stored one); returns whether it did. The stored version is then `version + 1`.
+    async fn update_review(&self, review: &ReviewRecord) -> Result<bool>;
+    /// Uses an approved, unused, unexpired request grant for this exact request, atomically: at
+    /// most one caller gets it. `id` restricts it to one review.
+    async fn use_grant(
+        &self,
+        requester: &str,
+        connection: &str,
+        digest: &str,
+        id: Option<&str>,
+        now: i64,
+    ) -> Result<Option<ReviewRecord>>;
+    /// Marks every pending review whose time ran out as expired, and returns them.
+    async fn expire_reviews(&self, now: i64) -> Result<Vec<ReviewRecord>>;
+    /// Approved access reviews whose window has not ended.
+    async fn active_access_grants(&self, now: i64) -> Result<Vec<ReviewRecord>>;
 }

@@ -162,3 +162,122 @@ pub struct SessionFilter {
     pub before: Option<i64>,
     pub limit: usize,
 }
+
+/// What a review asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewKind {
+    /// Run one exact request once.
+    Request,
+    /// Membership of a group for a time window.
+    Access,
+}
+
+impl ReviewKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewKind::Request => "request",
+            ReviewKind::Access => "access",
+        }
+    }
+}
+
+/// Where a review stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewStatus {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+}
+
+impl ReviewStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewStatus::Pending => "pending",
+            ReviewStatus::Approved => "approved",
+            ReviewStatus::Denied => "denied",
+            ReviewStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReviewStatus> {
+        Some(match s {
+            "pending" => ReviewStatus::Pending,
+            "approved" => ReviewStatus::Approved,
+            "denied" => ReviewStatus::Denied,
+            "expired" => ReviewStatus::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// One approver group a review needs, with how many distinct members of it must approve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewApprovers {
+    pub group: String,
+    pub quorum: u32,
+}
+
+/// One person's (or service's) approval or denial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewVote {
+    pub approver: String,
+    pub approver_kind: IdentityKind,
+    /// The review's approver groups the approver was in when voting: the approval counts for each.
+    pub groups: Vec<String>,
+    pub approve: bool,
+    pub comment: String,
+    pub at: i64,
+}
+
+/// A pending or decided review and what its approval grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewRecord {
+    pub id: String,
+    pub kind: ReviewKind,
+    pub status: ReviewStatus,
+    pub requester: String,
+    pub requester_kind: IdentityKind,
+    /// The connection a request review is for.
+    pub connection: Option<String>,
+    /// The session the request was made in.
+    pub session_id: Option<String>,
+    /// The exact request as recorded (a statement; for access, "group G for 1h").
+    pub request: String,
+    /// For a request review: the request's digest (its text and parameter values as sent).
+    pub digest: Option<String>,
+    /// Parameter values as recorded.
+    pub params: Vec<String>,
+    pub fingerprint: Option<String>,
+    /// What the request does (`sql.delete Table::"…"`, …).
+    pub accesses: Vec<String>,
+    /// `@id`s of the policies that asked for review.
+    pub policies: Vec<String>,
+    /// Why: the policies' explanation, or the requester's reason for an access request.
+    pub reason: String,
+    pub approvers: Vec<ReviewApprovers>,
+    pub votes: Vec<ReviewVote>,
+    /// For an access review: the group and how long.
+    pub group: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub created_at: i64,
+    /// A review still pending at this time expires.
+    pub expires_at: i64,
+    pub decided_at: Option<i64>,
+    /// Once approved: a request grant may be used until then; an access grant lasts until then.
+    pub grant_until: Option<i64>,
+    /// When a request grant was used (it runs once).
+    pub used_at: Option<i64>,
+    /// Incremented by every update; an update of a stale copy is refused.
+    pub version: i64,
+}
+
+/// Which reviews to list.
+#[derive(Debug, Clone, Default)]
+pub struct ReviewFilter {
+    pub status: Option<ReviewStatus>,
+    pub requester: Option<String>,
+    pub limit: usize,
+}

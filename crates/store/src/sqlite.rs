@@ -8,8 +8,9 @@ use gatehouse_core::IdentityKind;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::{
-    AuditBatch, ConnectionRecord, CredentialRecord, IdentityRecord, PolicyVersion, Result, SealedSecret, SecretKind,
-    SessionChange, SessionFilter, SessionRecord, Store, StoreError, StoredEvent,
+    AuditBatch, ConnectionRecord, CredentialRecord, IdentityRecord, PolicyVersion, Result, ReviewFilter, ReviewKind,
+    ReviewRecord, ReviewStatus, SealedSecret, SecretKind, SessionChange, SessionFilter, SessionRecord, Store,
+    StoreError, StoredEvent,
 };
 
 mod embedded {
@@ -663,4 +664,168 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn create_review(&self, review: &ReviewRecord) -> Result<()> {
+        let review = review.clone();
+        let body = to_json(&review)?;
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO reviews (id, kind, status, requester, connection, digest, created_at, expires_at, \
+                 grant_until, used_at, version, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    review.id,
+                    review.kind.as_str(),
+                    review.status.as_str(),
+                    review.requester,
+                    review.connection,
+                    review.digest,
+                    review.created_at,
+                    review.expires_at,
+                    review.grant_until,
+                    review.used_at,
+                    review.version,
+                    body
+                ],
+            )
+            .map_err(|e| {
+                if is_constraint(&e) { StoreError::Conflict(format!("review {}", review.id)) } else { db_err(e) }
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_review(&self, id: &str) -> Result<Option<ReviewRecord>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT body FROM reviews WHERE id = ?1", [id], review_row).optional().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_reviews(&self, f: ReviewFilter) -> Result<Vec<ReviewRecord>> {
+        let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
+        let status = f.status.map(ReviewStatus::as_str);
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT body FROM reviews WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR requester = ?2) \
+                     ORDER BY created_at DESC, id DESC LIMIT ?3",
+                )
+                .map_err(db_err)?;
+            let rows = stmt.query_map(params![status, f.requester, limit], review_row).map_err(db_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn pending_review(
+        &self,
+        requester: &str,
+        connection: &str,
+        digest: &str,
+        now: i64,
+    ) -> Result<Option<ReviewRecord>> {
+        let (requester, connection, digest) = (requester.to_string(), connection.to_string(), digest.to_string());
+        self.read(move |c| {
+            c.query_row(
+                "SELECT body FROM reviews WHERE requester = ?1 AND connection = ?2 AND digest = ?3 AND kind = 'request' \
+                 AND status = 'pending' AND expires_at > ?4 ORDER BY created_at LIMIT 1",
+                params![requester, connection, digest, now],
+                review_row,
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn update_review(&self, review: &ReviewRecord) -> Result<bool> {
+        let mut next = review.clone();
+        next.version += 1;
+        self.write(move |c| store_review(c, &next)).await
+    }
+
+    async fn use_grant(
+        &self,
+        requester: &str,
+        connection: &str,
+        digest: &str,
+        id: Option<&str>,
+        now: i64,
+    ) -> Result<Option<ReviewRecord>> {
+        let (requester, connection, digest) = (requester.to_string(), connection.to_string(), digest.to_string());
+        let id = id.map(str::to_string);
+        self.write(move |c| {
+            let found = c
+                .query_row(
+                    "SELECT body FROM reviews WHERE requester = ?1 AND connection = ?2 AND digest = ?3 \
+                     AND kind = 'request' AND status = 'approved' AND used_at IS NULL AND grant_until > ?4 \
+                     AND (?5 IS NULL OR id = ?5) ORDER BY created_at LIMIT 1",
+                    params![requester, connection, digest, now, id],
+                    review_row,
+                )
+                .optional()
+                .map_err(db_err)?;
+            let Some(mut review) = found else { return Ok(None) };
+            review.used_at = Some(now);
+            review.version += 1;
+            Ok(store_review(c, &review)?.then_some(review))
+        })
+        .await
+    }
+
+    async fn expire_reviews(&self, now: i64) -> Result<Vec<ReviewRecord>> {
+        self.write(move |c| {
+            let due = {
+                let mut stmt = c
+                    .prepare_cached("SELECT body FROM reviews WHERE status = 'pending' AND expires_at <= ?1")
+                    .map_err(db_err)?;
+                let rows = stmt.query_map([now], review_row).map_err(db_err)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?
+            };
+            let mut expired = Vec::with_capacity(due.len());
+            for mut review in due {
+                review.status = ReviewStatus::Expired;
+                review.decided_at = Some(now);
+                review.version += 1;
+                if store_review(c, &review)? {
+                    expired.push(review);
+                }
+            }
+            Ok(expired)
+        })
+        .await
+    }
+
+    async fn active_access_grants(&self, now: i64) -> Result<Vec<ReviewRecord>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT body FROM reviews WHERE kind = 'access' AND status = 'approved' AND grant_until > ?1",
+                )
+                .map_err(db_err)?;
+            let rows = stmt.query_map([now], review_row).map_err(db_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+        })
+        .await
+    }
+}
+
+fn review_row(row: &Row<'_>) -> rusqlite::Result<ReviewRecord> {
+    from_json(&row.get::<_, String>(0)?)
+}
+
+/// Writes `review` (already at its new version) over the stored one at the version before.
+fn store_review(c: &Connection, review: &ReviewRecord) -> Result<bool> {
+    let body = to_json(review)?;
+    let kind: &str = ReviewKind::as_str(review.kind);
+    let n = c
+        .execute(
+            "UPDATE reviews SET kind = ?2, status = ?3, grant_until = ?4, used_at = ?5, version = ?6, body = ?7 \
+             WHERE id = ?1 AND version = ?6 - 1",
+            params![review.id, kind, review.status.as_str(), review.grant_until, review.used_at, review.version, body],
+        )
+        .map_err(db_err)?;
+    Ok(n == 1)
 }

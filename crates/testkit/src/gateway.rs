@@ -19,6 +19,8 @@ pub struct Gateway {
     port: u16,
     admin_token: String,
     env: Vec<(String, String)>,
+    /// A configuration file passed with `--config`.
+    config: Option<PathBuf>,
 }
 
 /// Every `GATEHOUSE_…` variable of the test process is removed from the servers and clients the
@@ -39,9 +41,23 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with extra environment variables for the server.
     pub fn start_with(bin: &Path, env: &[(&str, &str)]) -> Result<Gateway> {
+        Gateway::start_with_config(bin, env, None)
+    }
+
+    /// Like [`Gateway::start_with`], with a configuration file (TOML text) given by `--config`.
+    pub fn start_with_config(bin: &Path, env: &[(&str, &str)], config: Option<&str>) -> Result<Gateway> {
         let dir = tempfile::Builder::new().prefix("gatehouse-gw-").tempdir().context("creating the data directory")?;
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut gw = Gateway { bin: bin.to_path_buf(), dir, child: None, port: 0, admin_token: String::new(), env };
+        let config = match config {
+            Some(text) => {
+                let path = dir.path().join("gatehouse.toml");
+                std::fs::write(&path, text).context("writing the configuration file")?;
+                Some(path)
+            }
+            None => None,
+        };
+        let mut gw =
+            Gateway { bin: bin.to_path_buf(), dir, child: None, port: 0, admin_token: String::new(), env, config };
         start_on_free_port("gatehouse", |port| gw.spawn(port))?;
         gw.admin_token = std::fs::read_to_string(gw.data_dir().join("admin.token"))
             .context("reading admin.token")?
@@ -54,8 +70,11 @@ impl Gateway {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
         let mut cmd = Command::new(&self.bin);
         clean_env(&mut cmd);
-        cmd.arg("serve")
-            .arg("--data-dir")
+        cmd.arg("serve");
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.arg("--data-dir")
             .arg(self.data_dir())
             .env("GATEHOUSE_LISTEN_API", format!("127.0.0.1:{port}"))
             .env("GATEHOUSE_AUDIT_FSYNC", "off")

@@ -25,6 +25,7 @@ mod audit;
 mod connections;
 mod identities;
 mod policies;
+mod reviews;
 mod sessions;
 
 pub use connections::{ConnectionInput, CredentialInput, SecretInput};
@@ -236,6 +237,11 @@ pub fn router(app: AppState) -> Router {
         .routes(routes!(sessions::show))
         .routes(routes!(sessions::kill))
         .routes(routes!(audit::verify))
+        .routes(routes!(reviews::list))
+        .routes(routes!(reviews::show))
+        .routes(routes!(reviews::approve))
+        .routes(routes!(reviews::deny))
+        .routes(routes!(reviews::request_access))
         .split_for_parts();
     let openapi = Arc::new(openapi);
     router

@@ -49,6 +49,11 @@ impl Fixture {
     }
 
     pub fn with_env(env: &[(&str, &str)]) -> Fixture {
+        Fixture::with_config(env, None)
+    }
+
+    /// With extra server environment and a configuration file (TOML text).
+    pub fn with_config(env: &[(&str, &str)], config: Option<&str>) -> Fixture {
         let pg = Postgres::start().unwrap();
         pg.psql(
             "postgres",
@@ -63,7 +68,7 @@ impl Fixture {
         let listen = format!("127.0.0.1:{port}");
         let mut all = vec![("GATEHOUSE_LISTEN_POSTGRES", listen.as_str()), ("GATEHOUSE_POSTGRES_AUTH_TIMEOUT", "2s")];
         all.extend_from_slice(env);
-        let gw = Gateway::start_with(bin(), &all).unwrap();
+        let gw = Gateway::start_with_config(bin(), &all, config).unwrap();
         add_connection(&gw, "pg", &pg);
         let token = gw.cli_ok(&["identities", "add", "app", "--groups", "apps"]).unwrap().trim().to_string();
         let f = Fixture { pg, gw, port, token };
