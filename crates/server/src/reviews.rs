@@ -497,12 +497,15 @@ pub async fn request_access(
 }
 
 /// Expires pending reviews whose time ran out, records it, and wakes their held requests; runs
-/// for the life of the server.
-pub async fn expire_forever(app: std::sync::Arc<App>) {
+/// until `stop` turns true.
+pub async fn expire_until(app: std::sync::Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
         let expired = match app.store.expire_reviews(now_ms()).await {
             Ok(e) => e,
             Err(e) => {

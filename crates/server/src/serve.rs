@@ -173,7 +173,6 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     });
     bootstrap(&app).await?;
     app.reviews.load_access(&app.store.active_access_grants(now_ms()).await?);
-    tokio::spawn(crate::reviews::expire_forever(app.clone()));
 
     let checker = app.clone();
     tokio::spawn(async move {
@@ -229,6 +228,7 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
 
     let grace = loaded.shutdown_grace;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::reviews::expire_until(app.clone(), stop_rx.clone()));
     let server = listener.map(|listener| {
         let mut stop = stop_rx.clone();
         let router = crate::api::router(app.clone());

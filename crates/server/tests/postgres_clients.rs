@@ -253,8 +253,8 @@ fn extended_protocol_without_describe_relays_only_what_the_caller_asked_for() {
 }
 
 #[test]
-fn a_statement_needing_review_passes_parse_and_is_decided_at_bind() {
-    let f = Fixture::new();
+fn a_statement_needing_review_passes_parse_is_decided_at_bind_and_held_at_execute() {
+    let f = Fixture::with_env(&[("GATEHOUSE_REVIEWS_HOLD_SECONDS", "1")]);
     f.policies(&format!(
         "{POLICIES}\n@id(\"big-orders-need-review\")\n@approval(\"dba\")\nforbid (principal, action == Action::\"sql.update\", resource == Table::\"pg/public.orders\");"
     ));
@@ -268,17 +268,18 @@ fn a_statement_needing_review_passes_parse_and_is_decided_at_bind() {
     batch.extend(sync());
     raw.send(&batch);
     let answer = raw.until_ready();
-    assert_eq!(tags(&answer), "EZ");
+    // Told at once that it is held; bound; then, unapproved when the hold ends, refused at Execute.
+    assert_eq!(tags(&answer), "N2EZ");
     let (code, message) = &errors(&answer)[0];
     assert_eq!(code, "42501");
-    assert!(message.contains("approval") && message.contains("dba"), "{message}");
+    assert!(message.contains("waiting for approval (review "), "{message}");
     assert_eq!(f.direct("SELECT item FROM orders WHERE id = 1"), "lamp");
     let events = last_session_events(&f.gw, "app");
     assert!(
         events
             .iter()
             .any(|e| e["data"]["decision"] == "review" && e["data"]["params"] == serde_json::json!(["changed"])),
-        "the Bind decision is recorded with its values: {events:?}"
+        "the held Execute is recorded with its values: {events:?}"
     );
 }
 

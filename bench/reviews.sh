@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# What requests held for review cost: HELD sessions (default 300) each send a DELETE that policy
+# holds for approval, and stay held while `pgbench -S` (16 clients) runs through the same
+# gateway. Prints the gateway's threads and memory before and during the hold, the memory per
+# held session, and pgbench's TPS without and with the held crowd (best of RUNS runs each).
+# Starts its own PostgreSQL and Gatehouse on loopback ports picked at run time.
+#
+#   bench/reviews.sh                  # defaults: HELD=300 CLIENTS=16 DURATION=5 RUNS=3
+#   HELD=800 bench/reviews.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+HELD=${HELD:-300}
+CLIENTS=${CLIENTS:-16}
+DURATION=${DURATION:-5}
+RUNS=${RUNS:-3}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+missing=()
+command -v pgbench >/dev/null 2>&1 || missing+=(postgresql-client)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_config >/dev/null 2>&1 || missing+=(postgresql)
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ "${#missing[@]}" -gt 0 ]; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'psycopg[binary]==3.3.9' \
+        || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]==3.3.9'
+fi
+BINDIR=$(pg_config --bindir 2>/dev/null || true)
+[ -x "$BINDIR/initdb" ] || BINDIR=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+
+cargo build --release -q -p gatehouse-server
+GATEHOUSE=$PWD/target/release/gatehouse
+
+TMP=$(mktemp -d /tmp/gatehouse-bench.XXXXXX)
+chmod 755 "$TMP"
+if [ "$(id -u)" = 0 ]; then RUN=(runuser -u nobody --); OWNER=nobody; else RUN=(); OWNER=$(id -un); fi
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    "${RUN[@]}" "$BINDIR/pg_ctl" -D "$TMP/pg" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+PG_PORT=$(free_port); API_PORT=$(free_port); GW_PORT=$(free_port)
+
+echo "== PostgreSQL on $PG_PORT (max_connections $((HELD + CLIENTS + 20)))"
+mkdir -p "$TMP/pg" "$TMP/run" && chown "$OWNER" "$TMP/pg" "$TMP/run"
+"${RUN[@]}" "$BINDIR/initdb" -D "$TMP/pg" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+cat >>"$TMP/pg/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$TMP/run'
+max_connections = $((HELD + CLIENTS + 20))
+shared_buffers = 128MB
+fsync = off
+CONF
+"${RUN[@]}" "$BINDIR/pg_ctl" -D "$TMP/pg" -l "$TMP/run/pg.log" -w start >/dev/null
+pgbench -i -q -s 10 -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
+
+echo "== Gatehouse on $GW_PORT (recording on, hold 600 s)"
+env -u GATEHOUSE_TOKEN -u GATEHOUSE_SERVER GATEHOUSE_LISTEN_API="127.0.0.1:$API_PORT" GATEHOUSE_LISTEN_POSTGRES="127.0.0.1:$GW_PORT" \
+    GATEHOUSE_LOG_LEVEL=warn GATEHOUSE_REVIEWS_HOLD_SECONDS=600 "$GATEHOUSE" serve --data-dir "$TMP/gw" >"$TMP/gatehouse.log" 2>&1 &
+GW_PID=$!
+pids+=("$GW_PID")
+wait_port "$GW_PORT"
+for _ in $(seq 1 100); do [ -s "$TMP/gw/admin.token" ] && break; sleep 0.05; done
+export GATEHOUSE_SERVER="http://127.0.0.1:$API_PORT" GATEHOUSE_TOKEN
+GATEHOUSE_TOKEN=$(cat "$TMP/gw/admin.token")
+"$GATEHOUSE" connections add bench --type postgres --host 127.0.0.1 --port "$PG_PORT" --database postgres \
+    --user postgres --tls disable 2>/dev/null
+BENCH_TOKEN=$("$GATEHOUSE" identities add bench --groups bench)
+cat >"$TMP/bench.cedar" <<'CEDAR'
+@id("bench-all")
+permit (principal in Group::"bench", action, resource in Connection::"bench");
+
+@id("deletes-need-dba")
+@approval("dba")
+forbid (principal, action == Action::"sql.delete", resource in Connection::"bench");
+CEDAR
+"$GATEHOUSE" policies set "$TMP/bench.cedar" >/dev/null
+
+threads() { ls "/proc/$GW_PID/task" | wc -l; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status"; }
+held_now() { curl -s "http://127.0.0.1:$API_PORT/metrics" | awk '/^gatehouse_held_requests / {print $2}'; }
+best_tps() {
+    local best=0 tps
+    for _ in $(seq 1 "$RUNS"); do
+        tps=$(PGPASSWORD=$BENCH_TOKEN PGSSLMODE=disable pgbench -n -S -M simple -c "$CLIENTS" -j 2 -T "$DURATION" \
+            -h 127.0.0.1 -p "$GW_PORT" -U bench bench 2>&1 | awk '/^tps = / {print $3; exit}')
+        [ -n "$tps" ] || { echo "pgbench failed" >&2; exit 1; }
+        if awk -v a="$tps" -v b="$best" 'BEGIN {exit !(a > b)}'; then best=$tps; fi
+    done
+    echo "$best"
+}
+
+echo "== pgbench -S, $CLIENTS clients, through Gatehouse, nothing held"
+TPS_BEFORE=$(best_tps)
+THREADS_BEFORE=$(threads)
+RSS_BEFORE=$(rss_kib)
+
+echo "== $HELD sessions, each holding a DELETE for review"
+cat >"$TMP/held.py" <<'PY'
+import asyncio, sys
+import psycopg
+
+async def one(conninfo, i, ready):
+    conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+    ready.append(i)
+    try:
+        await conn.execute(f"DELETE FROM pgbench_accounts WHERE aid = {i + 1}")
+    except psycopg.Error:
+        pass
+
+async def main(conninfo, n):
+    ready = []
+    tasks = [asyncio.create_task(one(conninfo, i, ready)) for i in range(n)]
+    await asyncio.gather(*tasks)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+PY
+python3 "$TMP/held.py" "host=127.0.0.1 port=$GW_PORT dbname=bench user=bench password=$BENCH_TOKEN sslmode=disable" "$HELD" \
+    >"$TMP/held.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 600); do
+    [ "$(held_now)" = "$HELD" ] && break
+    sleep 0.1
+done
+HELD_NOW=$(held_now)
+[ "$HELD_NOW" = "$HELD" ] || { echo "only $HELD_NOW of $HELD requests held; see $TMP/held.log" >&2; cat "$TMP/held.log" >&2; exit 1; }
+THREADS_HELD=$(threads)
+RSS_HELD=$(rss_kib)
+
+echo "== pgbench -S, $CLIENTS clients, through Gatehouse, with $HELD requests held"
+TPS_DURING=$(best_tps)
+[ "$(held_now)" = "$HELD" ] || { echo "held requests were dropped during the run" >&2; exit 1; }
+
+echo
+printf '%-34s %12s %12s\n' "" "nothing held" "$HELD held"
+printf '%-34s %12s %12s\n' "gateway threads" "$THREADS_BEFORE" "$THREADS_HELD"
+printf '%-34s %12s %12s\n' "gateway RSS (KiB)" "$RSS_BEFORE" "$RSS_HELD"
+printf '%-34s %12s %12s\n' "pgbench -S TPS ($CLIENTS clients)" "$TPS_BEFORE" "$TPS_DURING"
+awk -v a="$RSS_BEFORE" -v b="$RSS_HELD" -v n="$HELD" 'BEGIN {printf "memory per held session: %.1f KiB\n", (b - a) / n}'
+awk -v a="$TPS_BEFORE" -v b="$TPS_DURING" 'BEGIN {printf "TPS with held sessions / without: %.3f\n", b / a}'
