@@ -2,7 +2,8 @@
 # What requests held for review cost: HELD sessions (default 300) each send a DELETE that policy
 # holds for approval, and stay held while `pgbench -S` (16 clients) runs through the same
 # gateway. Prints the gateway's threads and memory before and during the hold, the memory per
-# held session, and pgbench's TPS without and with the held crowd (best of RUNS runs each).
+# held session, and pgbench's TPS without and with the held crowd (best of RUNS runs each),
+# through Gatehouse and, as a control, directly.
 # Starts its own PostgreSQL and Gatehouse on loopback ports picked at run time.
 #
 #   bench/reviews.sh                  # defaults: HELD=300 CLIENTS=16 DURATION=5 RUNS=3
@@ -90,19 +91,22 @@ CEDAR
 threads() { ls "/proc/$GW_PID/task" | wc -l; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status"; }
 held_now() { curl -s "http://127.0.0.1:$API_PORT/metrics" | awk '/^gatehouse_held_requests / {print $2}'; }
+# best_tps gatehouse|direct
 best_tps() {
-    local best=0 tps
+    local best=0 tps target
     for _ in $(seq 1 "$RUNS"); do
+        if [ "$1" = gatehouse ]; then target=(-h 127.0.0.1 -p "$GW_PORT" -U bench bench); else target=(-h 127.0.0.1 -p "$PG_PORT" -U postgres postgres); fi
         tps=$(PGPASSWORD=$BENCH_TOKEN PGSSLMODE=disable pgbench -n -S -M simple -c "$CLIENTS" -j 2 -T "$DURATION" \
-            -h 127.0.0.1 -p "$GW_PORT" -U bench bench 2>&1 | awk '/^tps = / {print $3; exit}')
+            "${target[@]}" 2>&1 | awk '/^tps = / {print $3; exit}')
         [ -n "$tps" ] || { echo "pgbench failed" >&2; exit 1; }
         if awk -v a="$tps" -v b="$best" 'BEGIN {exit !(a > b)}'; then best=$tps; fi
     done
     echo "$best"
 }
 
-echo "== pgbench -S, $CLIENTS clients, through Gatehouse, nothing held"
-TPS_BEFORE=$(best_tps)
+echo "== pgbench -S, $CLIENTS clients, through Gatehouse and directly, nothing held"
+TPS_BEFORE=$(best_tps gatehouse)
+DIRECT_BEFORE=$(best_tps direct)
 THREADS_BEFORE=$(threads)
 RSS_BEFORE=$(rss_kib)
 
@@ -129,7 +133,9 @@ PY
 python3 "$TMP/held.py" "host=127.0.0.1 port=$GW_PORT dbname=bench user=bench password=$BENCH_TOKEN sslmode=disable" "$HELD" \
     >"$TMP/held.log" 2>&1 &
 pids+=($!)
+PEAK=$(threads)
 for _ in $(seq 1 600); do
+    t=$(threads); [ "$t" -gt "$PEAK" ] && PEAK=$t
     [ "$(held_now)" = "$HELD" ] && break
     sleep 0.1
 done
@@ -138,14 +144,20 @@ HELD_NOW=$(held_now)
 THREADS_HELD=$(threads)
 RSS_HELD=$(rss_kib)
 
-echo "== pgbench -S, $CLIENTS clients, through Gatehouse, with $HELD requests held"
-TPS_DURING=$(best_tps)
+echo "== pgbench -S, $CLIENTS clients, through Gatehouse and directly, with $HELD requests held"
+TPS_DURING=$(best_tps gatehouse)
+DIRECT_DURING=$(best_tps direct)
 [ "$(held_now)" = "$HELD" ] || { echo "held requests were dropped during the run" >&2; exit 1; }
 
 echo
 printf '%-34s %12s %12s\n' "" "nothing held" "$HELD held"
 printf '%-34s %12s %12s\n' "gateway threads" "$THREADS_BEFORE" "$THREADS_HELD"
+printf '%-34s %12s %12s\n' "gateway threads, peak" "-" "$PEAK"
 printf '%-34s %12s %12s\n' "gateway RSS (KiB)" "$RSS_BEFORE" "$RSS_HELD"
-printf '%-34s %12s %12s\n' "pgbench -S TPS ($CLIENTS clients)" "$TPS_BEFORE" "$TPS_DURING"
+printf '%-34s %12s %12s\n' "TPS through Gatehouse" "$TPS_BEFORE" "$TPS_DURING"
+printf '%-34s %12s %12s\n' "TPS direct (control)" "$DIRECT_BEFORE" "$DIRECT_DURING"
 awk -v a="$RSS_BEFORE" -v b="$RSS_HELD" -v n="$HELD" 'BEGIN {printf "memory per held session: %.1f KiB\n", (b - a) / n}'
-awk -v a="$TPS_BEFORE" -v b="$TPS_DURING" 'BEGIN {printf "TPS with held sessions / without: %.3f\n", b / a}'
+awk -v a="$TPS_BEFORE" -v b="$TPS_DURING" 'BEGIN {printf "TPS through Gatehouse with held sessions / without: %.3f\n", b / a}'
+# The held sessions keep their upstream sessions open too: the direct runs show what that alone
+# costs PostgreSQL, apart from the gateway.
+awk -v a="$DIRECT_BEFORE" -v b="$DIRECT_DURING" 'BEGIN {printf "TPS direct with held sessions / without:          %.3f\n", b / a}'

@@ -468,7 +468,10 @@ pub fn main() -> ExitCode {
             }
         };
         crate::serve::init_logging(&loaded.config.log.level, loaded.config.log.format == "json");
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        // Store calls run on the blocking pool, and the SQLite store has one writer and four
+        // readers: more threads would only wait on their locks. A bound keeps a burst (hundreds
+        // of sessions held for review at once) from starting a thread each.
+        let runtime = match tokio::runtime::Builder::new_multi_thread().max_blocking_threads(16).enable_all().build() {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: cannot start the runtime: {e}");

@@ -187,9 +187,13 @@ fn a_held_delete_approved_during_the_hold_completes_in_the_same_call_and_only_el
         // Someone outside the approver groups may not either, whatever the client shows.
         let api =
             curl("POST", &format!("{}/api/v1/reviews/{id}/approve", t.f.gw.url()), Some(t.token("fin1")), Some("{}"));
-        assert_eq!(api.status, 404, "a review the caller may not see is not found: {}", api.body);
+        assert_eq!(api.status, 403, "{}", api.body);
+        assert!(api.body.contains("in none of those groups"), "{}", api.body);
         let outsider = t.vote("outsider", "approve", &id, "");
-        assert!(!outsider.status.success(), "{}", stdout(&outsider));
+        assert!(!outsider.status.success() && stderr(&outsider).contains("may not approve"), "{}", stderr(&outsider));
+        // Nor may they read it.
+        let shown = t.cli("outsider", &["reviews", "show", &id]);
+        assert!(!shown.status.success() && stderr(&shown).contains("not found"), "{}", stderr(&shown));
         assert_eq!(t.price(1), "19.90", "nothing ran yet");
 
         let ok = t.vote("dba1", "approve", &id, "ticket OPS-7");
