@@ -30,6 +30,9 @@ pub struct OpenRequest {
     pub masks_values: bool,
     /// The same for whole-column rules (`--mask-column`).
     pub masks_columns: bool,
+    /// How the caller came: `wire` (its own client connection), `exec` (the exec API), `mcp`
+    /// (an agent's tool call). Recorded with the session.
+    pub via: &'static str,
 }
 
 impl fmt::Debug for OpenRequest {
@@ -40,6 +43,7 @@ impl fmt::Debug for OpenRequest {
             .field("client_addr", &self.client_addr)
             .field("claimed_user", &self.claimed_user)
             .field("tls", &self.tls)
+            .field("via", &self.via)
             .finish_non_exhaustive()
     }
 }

@@ -106,7 +106,7 @@ pub async fn serve<P: Pipeline, S: Statements>(
     }
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 fn fatal(code: &str, message: &str) -> Bytes {
@@ -119,7 +119,7 @@ async fn send_and_close(mut stream: impl AsyncWrite + Unpin, frame: Bytes) {
     let _ = stream.shutdown().await;
 }
 
-struct Session;
+pub(crate) struct Session;
 
 /// The statements of the batch in flight, with what the resource said about each so far.
 struct InFlight {
@@ -320,6 +320,7 @@ impl Session {
             // Value detectors and whole-column rules are applied to what the resource returns.
             masks_values: true,
             masks_columns: true,
+            via: "wire",
         };
         match pipeline.open(request).await {
             Ok(session) => Some(session),
@@ -337,7 +338,7 @@ impl Session {
     }
 
     /// Logs in upstream, then relays until one side ends; returns why the session ended.
-    async fn proxy<P: Pipeline, S: Statements>(
+    pub(crate) async fn proxy<P: Pipeline, S: Statements>(
         client: Box<dyn Io>,
         params: &[(String, String)],
         session: &OpenedSession,

@@ -33,6 +33,8 @@ pub struct App {
     pub live: crate::pipeline::LiveSessions,
     /// Held requests and access grants in force.
     pub reviews: crate::reviews::Reviews,
+    /// What one-off statements (the exec API) run with.
+    pub exec: Option<crate::exec::ExecSettings>,
 }
 
 /// The parts of the management API, as `Api::"…"` resources in policy.

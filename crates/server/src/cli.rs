@@ -86,6 +86,22 @@ enum Command {
     /// Ask for time-bound membership of a group.
     #[command(subcommand)]
     Access(AccessCommand),
+    /// Run one statement on a connection through policy, review, masking and recording.
+    Exec {
+        /// The connection.
+        name: String,
+        /// One SQL statement; $1, $2, … take --param values.
+        statement: String,
+        /// A value for the next placeholder ($1 first); repeat for more. NULL is not expressible
+        /// here: use the API for it.
+        #[arg(long = "param", value_name = "VALUE")]
+        params: Vec<String>,
+        /// Rows returned at most (default 1000, at most 10000).
+        #[arg(long)]
+        max_rows: Option<usize>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// The certificates the gateway presents.
     #[command(subcommand)]
     Tls(TlsCommand),
@@ -567,6 +583,11 @@ impl Client {
                 message.push_str(&format!("\n  {}", p.as_str().unwrap_or_default()));
             }
         }
+        if let Some(review) = err["review_id"].as_str() {
+            message.push_str(&format!(
+                "\n  once approved (gatehouse reviews approve {review}), run the same request again"
+            ));
+        }
         if let Some(policies) = err["policies"].as_array().filter(|p| !p.is_empty()) {
             let ids: Vec<&str> = policies.iter().filter_map(Value::as_str).collect();
             message.push_str(&format!("\n  deciding policies: {}", ids.join(", ")));
@@ -966,6 +987,20 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
             }
         }
         Command::Reviews(cmd) => review_command(c, cmd).await?,
+        Command::Exec { name, statement, params, max_rows, json } => {
+            let mut body = json!({"sql": statement, "params": params});
+            if let Some(n) = max_rows {
+                body["max_rows"] = json!(n);
+            }
+            let v: Value = c
+                .call(reqwest::Method::POST, &format!("/api/v1/connections/{}/exec", path_part(name)), Some(body))
+                .await?;
+            if json.json {
+                print_json(&v)?;
+            } else {
+                print_result(&v);
+            }
+        }
         Command::Access(AccessCommand::Request { group, duration, reason, json }) => {
             let body = json!({"group": group, "for": duration, "reason": reason});
             let v: Value = c.call(Method::POST, "/api/v1/access/requests", Some(body)).await?;
@@ -984,6 +1019,41 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
         Command::Serve(_) | Command::Config(_) | Command::Tls(_) => return unreachable_serve(),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A statement's result as psql would print it: a table, then the row count; notices and
+/// masked-value counts on stderr.
+fn print_result(v: &Value) {
+    for notice in v["notices"].as_array().into_iter().flatten() {
+        eprintln!("NOTICE: {}", s(notice));
+    }
+    let columns: Vec<String> = v["columns"].as_array().into_iter().flatten().map(|c| s(&c["name"])).collect();
+    if columns.is_empty() {
+        outln!("{}", s(&v["command"]));
+    } else {
+        let rows = v["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                r.as_array().into_iter().flatten().map(|x| if x.is_null() { String::new() } else { s(x) }).collect()
+            })
+            .collect();
+        let header: Vec<&str> = columns.iter().map(String::as_str).collect();
+        table(&header, rows);
+        let n = v["row_count"].as_u64().unwrap_or_default();
+        let more = if v["truncated"] == json!(true) { ", truncated: more rows exist (--max-rows)" } else { "" };
+        outln!("({n} row{}{more})", if n == 1 { "" } else { "s" });
+    }
+    if let Some(masked) = v["masked"].as_object().filter(|m| !m.is_empty()) {
+        let parts: Vec<String> = masked
+            .iter()
+            .flat_map(|(column, by)| {
+                by.as_object().into_iter().flatten().map(move |(d, n)| format!("{column}: {n} {d}"))
+            })
+            .collect();
+        eprintln!("masked: {}", parts.join(", "));
+    }
 }
 
 fn approvers_line(approvers: &Value) -> String {

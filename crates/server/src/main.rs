@@ -8,6 +8,7 @@ mod api;
 mod app;
 mod cli;
 mod config;
+mod exec;
 mod metrics;
 mod pipeline;
 mod reviews;

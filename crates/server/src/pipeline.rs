@@ -410,7 +410,7 @@ impl Pipeline for DataPath {
             Entry::session_start(
                 session_record(&id, &identity.name, identity.kind, Some(&conn.name), req.protocol, client.clone()),
                 json!({"identity": identity.name, "identity_kind": identity.kind, "groups": identity.groups,
-                    "protocol": req.protocol, "connection": conn.name, "client_addr": client,
+                    "protocol": req.protocol, "via": req.via, "connection": conn.name, "client_addr": client,
                     "tls": req.tls, "upstream_user": user}),
             ),
             Entry::request(

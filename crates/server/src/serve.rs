@@ -158,6 +158,8 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // One classification cache for the listener and the exec path.
+    let statements = Arc::new(gatehouse_proto_postgres::SqlStatements::new(4096));
     let app = Arc::new(App {
         data_dir: data_dir.clone(),
         auth: Authenticator::new(store.clone(), keys.clone(), oidc),
@@ -170,6 +172,10 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         chain: RwLock::new(None),
         live: Default::default(),
         reviews: crate::reviews::Reviews::new(loaded.reviews.clone()),
+        exec: Some(crate::exec::ExecSettings {
+            config: Arc::new(listener_config(&loaded.postgres, None)),
+            statements: statements.clone(),
+        }),
     });
     bootstrap(&app).await?;
     app.reviews.load_access(&app.store.active_access_grants(now_ms()).await?);
@@ -239,11 +245,18 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
             };
             match tls {
                 Some(config) => {
-                    axum::serve(crate::tls::TlsListener::new(listener, config)?, router)
+                    axum::serve(
+                        crate::tls::TlsListener::new(listener, config)?,
+                        router.into_make_service_with_connect_info::<crate::api::ClientAddr>(),
+                    )
+                    .with_graceful_shutdown(stopped)
+                    .await
+                }
+                None => {
+                    axum::serve(listener, router.into_make_service_with_connect_info::<crate::api::ClientAddr>())
                         .with_graceful_shutdown(stopped)
                         .await
                 }
-                None => axum::serve(listener, router).with_graceful_shutdown(stopped).await,
             }
         })
     });
@@ -258,17 +271,8 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr} (listen.postgres)"))?;
         tracing::info!(addr = %listener.local_addr()?, "PostgreSQL listening");
-        let limits = &loaded.postgres;
-        let config = Arc::new(gatehouse_proto_postgres::ListenerConfig {
-            tls: Some(tls),
-            auth_timeout: limits.auth_timeout,
-            idle_timeout: limits.idle_timeout,
-            max_message: limits.max_message,
-            max_backend_message: 1 << 30,
-            connect_timeout: limits.connect_timeout,
-        });
+        let config = Arc::new(listener_config(&loaded.postgres, Some(tls)));
         let pipeline = Arc::new(crate::pipeline::DataPath::new(app.clone()));
-        let statements = Arc::new(gatehouse_proto_postgres::SqlStatements::new(4096));
         tokio::spawn(gatehouse_proto_postgres::serve(listener, config, pipeline, statements, stop_rx.clone()));
     }
 
@@ -305,6 +309,20 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         tracing::info!("audit trail flushed; stopped");
     }
     Ok(())
+}
+
+fn listener_config(
+    limits: &crate::config::PostgresLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> gatehouse_proto_postgres::ListenerConfig {
+    gatehouse_proto_postgres::ListenerConfig {
+        tls,
+        auth_timeout: limits.auth_timeout,
+        idle_timeout: limits.idle_timeout,
+        max_message: limits.max_message,
+        max_backend_message: 1 << 30,
+        connect_timeout: limits.connect_timeout,
+    }
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -23,6 +23,7 @@ use crate::app::App;
 
 mod audit;
 mod connections;
+mod exec;
 mod identities;
 mod policies;
 mod reviews;
@@ -53,6 +54,15 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// The request waits for a review: retry the same request once it is approved.
+    #[error("{message}")]
+    ReviewPending { message: String, review_id: String },
+    /// The resource could not be reached or ended the session.
+    #[error("{0}")]
+    Upstream(String),
+    /// The resource refused the statement (syntax, a missing table, a constraint, …).
+    #[error("{message}")]
+    Statement { message: String, sqlstate: String },
 }
 
 impl ApiError {
@@ -77,12 +87,28 @@ pub struct ErrorDetail {
     /// For `invalid`: every problem found, e.g. each policy error with its position.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problems: Option<Vec<String>>,
+    /// For `review_pending`: the review to approve before retrying the same request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review_id: Option<String>,
+    /// For a statement the resource refused: its SQLSTATE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.to_string();
+        let (mut review_id, mut sqlstate) = (None, None);
         let (status, code, policies, problems) = match self {
+            ApiError::ReviewPending { review_id: id, .. } => {
+                review_id = Some(id);
+                (StatusCode::FORBIDDEN, "review_pending", None, None)
+            }
+            ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable", None, None),
+            ApiError::Statement { sqlstate: state, .. } => {
+                sqlstate = Some(state);
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid", None, None)
+            }
             ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated", None, None),
             ApiError::Forbidden { policies, .. } => (StatusCode::FORBIDDEN, "forbidden", Some(policies), None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None, None),
@@ -94,9 +120,13 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None, None),
         };
-        let mut response =
-            (status, Json(ErrorBody { error: ErrorDetail { code: code.into(), message, policies, problems } }))
-                .into_response();
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail { code: code.into(), message, policies, problems, review_id, sqlstate },
+            }),
+        )
+            .into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -170,16 +200,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthenticated("missing bearer token (Authorization: Bearer TOKEN)".into()))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .map(str::trim)
-            .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be 'Bearer TOKEN'".into()))?;
+        let token = bearer(&parts.headers)?;
         let method = if gatehouse_auth::oidc::looks_like_jwt(token) { "oidc" } else { "token" };
         let result = app.auth.authenticate(token, now_ms()).await;
         let outcome = match &result {
@@ -195,6 +216,35 @@ impl FromRequestParts<AppState> for Caller {
             Err(e) => Err(ApiError::Unauthenticated(e.to_string())),
         }
     }
+}
+
+/// The address an API caller connected from, for policies that test `context.client_ip`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// The bearer token of a request.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthenticated("missing bearer token (Authorization: Bearer TOKEN)".into()))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::Unauthenticated("the Authorization header must be 'Bearer TOKEN'".into()))
 }
 
 struct BearerAuth;
@@ -237,6 +287,7 @@ pub fn router(app: AppState) -> Router {
         .routes(routes!(sessions::show))
         .routes(routes!(sessions::kill))
         .routes(routes!(audit::verify))
+        .routes(routes!(exec::exec))
         .routes(routes!(reviews::list))
         .routes(routes!(reviews::show))
         .routes(routes!(reviews::approve))

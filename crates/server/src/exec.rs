@@ -1,0 +1,223 @@
+//! One-off statements for callers without a wire client (the exec API, agents' tools): the
+//! statement runs through the PostgreSQL adapter's own session relay over the same pipeline, so
+//! identity, policy, holds for review, masking and recording are the wire path's. This module
+//! only watches what the pipeline decided, to answer in HTTP terms.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use gatehouse_core::pipeline::{
+    Hold, OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult, Verdict,
+};
+use gatehouse_core::{Decision, Outcome, Resource};
+use gatehouse_proto_postgres::{ExecError, ExecStatement, ListenerConfig, SqlStatements};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::api::ApiError;
+use crate::app::App;
+use crate::pipeline::DataPath;
+
+/// What the exec path shares with the PostgreSQL listener.
+#[derive(Debug, Clone)]
+pub struct ExecSettings {
+    pub config: Arc<ListenerConfig>,
+    pub statements: Arc<SqlStatements>,
+}
+
+/// The most rows an answer may hold.
+pub const MAX_ROWS_LIMIT: usize = 10_000;
+/// Rows returned unless the caller asks for another cap.
+pub const DEFAULT_MAX_ROWS: usize = 1_000;
+
+/// What the pipeline did with the statement, seen from the side.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The decisions that refused something, newest last.
+    refusals: Vec<Decision>,
+    /// A hold that ended without approval: the review and why.
+    unapproved: Option<(String, String)>,
+    /// How each forwarded request ended.
+    results: Vec<RequestResult>,
+    session_id: Option<String>,
+}
+
+/// The data path with a window on its decisions.
+struct Watched {
+    inner: DataPath,
+    seen: Mutex<Seen>,
+}
+
+impl Watched {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Pipeline for Watched {
+    async fn open(&self, req: OpenRequest) -> Result<OpenedSession, OpenError> {
+        let session = self.inner.open(req).await?;
+        self.seen().session_id = Some(session.id.clone());
+        Ok(session)
+    }
+
+    async fn authorize(&self, session: &OpenedSession, req: &Request) -> Result<Verdict, String> {
+        let verdict = self.inner.authorize(session, req).await?;
+        if verdict.decision.outcome == Outcome::Deny {
+            self.seen().refusals.push(verdict.decision.clone());
+        }
+        Ok(verdict)
+    }
+
+    async fn hold(&self, session: &OpenedSession, hold: &Hold, req: &Request) -> Result<Verdict, String> {
+        let result = self.inner.hold(session, hold, req).await;
+        if let Err(why) = &result {
+            self.seen().unapproved = Some((hold.review_id.clone(), why.clone()));
+        }
+        result
+    }
+
+    async fn check(&self, session: &OpenedSession, req: &Request) -> Decision {
+        let decision = self.inner.check(session, req).await;
+        if decision.outcome == Outcome::Deny {
+            self.seen().refusals.push(decision.clone());
+        }
+        decision
+    }
+
+    async fn may_unmask(&self, session: &OpenedSession, resource: &Resource) -> bool {
+        self.inner.may_unmask(session, resource).await
+    }
+
+    fn finish(&self, session: &OpenedSession, seq: i64, result: RequestResult) {
+        self.seen().results.push(result.clone());
+        self.inner.finish(session, seq, result);
+    }
+
+    async fn close(&self, session: &OpenedSession, reason: &str) {
+        self.inner.close(session, reason).await;
+    }
+
+    async fn ended(&self, session: &OpenedSession) -> String {
+        self.inner.ended(session).await
+    }
+}
+
+/// One result column.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ColumnView {
+    pub name: String,
+    /// The PostgreSQL type (`int4`, `text`, …; `oid:N` for others).
+    #[serde(rename = "type")]
+    pub type_name: String,
+}
+
+/// What a statement returned.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecResult {
+    /// The session the statement was recorded in.
+    pub session_id: String,
+    pub columns: Vec<ColumnView>,
+    /// Values as text (`null` for SQL NULL), masked as the connection says.
+    #[schema(value_type = Vec<Vec<Option<String>>>)]
+    pub rows: Vec<Vec<Option<String>>>,
+    /// Rows returned, or affected (`INSERT`, `UPDATE`, `DELETE`).
+    pub row_count: u64,
+    /// The completion tag: `SELECT 2`, `DELETE 1`, … (absent when truncated).
+    pub command: Option<String>,
+    /// More rows existed than `max_rows`; they were not fetched.
+    pub truncated: bool,
+    /// Values masked, by column and detector.
+    #[schema(value_type = Object)]
+    pub masked: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Notices the statement produced (a hold for review announces itself with one).
+    pub notices: Vec<String>,
+}
+
+/// Runs one statement on PostgreSQL connection `connection` as the caller behind `token`.
+pub async fn run(
+    app: &Arc<App>,
+    token: &str,
+    client_addr: Option<SocketAddr>,
+    connection: &str,
+    via: &'static str,
+    statement: ExecStatement,
+) -> Result<ExecResult, ApiError> {
+    let Some(settings) = app.exec.clone() else {
+        return Err(ApiError::Unavailable("the exec path is not configured".into()));
+    };
+    if statement.max_rows == 0 || statement.max_rows > MAX_ROWS_LIMIT {
+        return Err(ApiError::invalid(format!("max_rows must be between 1 and {MAX_ROWS_LIMIT}")));
+    }
+    let watched = Arc::new(Watched { inner: DataPath::new(app.clone()), seen: Mutex::default() });
+    let open = OpenRequest {
+        protocol: "postgres",
+        connection: connection.to_string(),
+        client_addr,
+        claimed_user: None,
+        secret: token.to_string(),
+        // The caller's bearer token came over the API listener, which is TLS or loopback.
+        tls: true,
+        masks_values: true,
+        masks_columns: true,
+        via,
+    };
+    let output =
+        gatehouse_proto_postgres::exec(watched.clone(), settings.statements, settings.config, open, statement).await;
+    let output = match output {
+        Ok(o) => o,
+        Err(ExecError::Open(e)) => {
+            return Err(match e {
+                OpenError::Unauthenticated(m) => ApiError::Unauthenticated(m),
+                OpenError::UnknownConnection(m) => ApiError::NotFound(m),
+                OpenError::Forbidden { message, policies } => ApiError::Forbidden { message, policies },
+                OpenError::Unavailable(m) => ApiError::Unavailable(m),
+            });
+        }
+        Err(ExecError::Session(m)) => return Err(ApiError::Upstream(m)),
+    };
+    let seen = std::mem::take(&mut *watched.seen());
+    if let Some(error) = output.error {
+        let message = format!("{}: {}", error.code, error.message);
+        return Err(match error.code.as_str() {
+            "42501" => match seen.unapproved {
+                Some((review_id, why)) if why.contains("waiting for approval") => {
+                    ApiError::ReviewPending { message: why, review_id }
+                }
+                Some((_, why)) => ApiError::Forbidden { message: why, policies: vec![] },
+                None => ApiError::Forbidden {
+                    message: error.message,
+                    policies: seen.refusals.last().map(|d| d.policies.clone()).unwrap_or_default(),
+                },
+            },
+            "58000" => ApiError::Unavailable(error.message),
+            _ => ApiError::Statement { message, sqlstate: error.code },
+        });
+    }
+    let mut masked: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for result in &seen.results {
+        for (column, by_detector) in &result.masked {
+            let entry = masked.entry(column.clone()).or_default();
+            for (detector, n) in by_detector {
+                *entry.entry(detector.clone()).or_default() += n;
+            }
+        }
+    }
+    let affected = output.command.as_deref().and_then(|c| c.rsplit(' ').next()).and_then(|n| n.parse::<u64>().ok());
+    let row_count = if output.columns.is_empty() {
+        affected.unwrap_or(0)
+    } else {
+        u64::try_from(output.rows.len()).unwrap_or(u64::MAX)
+    };
+    Ok(ExecResult {
+        session_id: seen.session_id.unwrap_or_default(),
+        columns: output.columns.into_iter().map(|c| ColumnView { name: c.name, type_name: c.type_name }).collect(),
+        rows: output.rows,
+        row_count,
+        command: output.command,
+        truncated: output.truncated,
+        masked,
+        notices: output.notices,
+    })
+}
