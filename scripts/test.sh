@@ -44,6 +44,12 @@ if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
         || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]==3.3.9'
 fi
 
+# The official MCP Python SDK, the stock client the /mcp tests drive the gateway with.
+if ! python3 -c 'import mcp.client.streamable_http' >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'mcp==1.30.0' \
+        || python3 -m pip install --quiet --break-system-packages 'mcp==1.30.0'
+fi
+
 # The OIDC provider the tests run (an npm package, pinned by its lockfile).
 if [ ! -d crates/testkit/oidc/node_modules/oauth2-mock-server ]; then
     npm ci --prefix crates/testkit/oidc --no-audit --no-fund

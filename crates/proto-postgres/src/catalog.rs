@@ -99,7 +99,7 @@ pub(crate) async fn columns(
 }
 
 /// The values of a text-format `DataRow`.
-fn text_values(body: &[u8]) -> Option<Vec<Option<String>>> {
+pub(crate) fn text_values(body: &[u8]) -> Option<Vec<Option<String>>> {
     let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
     let mut at = 2;
     let mut out = Vec::new();
@@ -157,6 +157,34 @@ pub(crate) async fn table_columns(
                 let oid = oid.parse::<u32>().map_err(|_| "unexpected catalogue row")?;
                 found.get_or_insert_with(|| (schema.clone(), table.clone(), Vec::new())).2.push((column.clone(), oid));
             }
+            b'E' => return Err(frame.error_fields().map(|f| f.message).unwrap_or_default()),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    let _ = stream.write_all(&[b'X', 0, 0, 0, 4]).await;
+    Ok(found)
+}
+
+/// The tables and views of the database a session reaches (outside the system schemas), as
+/// (schema, name), read with the session's own upstream login.
+pub(crate) async fn tables(cfg: &UpstreamConfig, max: usize) -> Result<Vec<(String, String)>, String> {
+    let sql = "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+               WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2 LIMIT 500";
+    let mut upstream = crate::connect(cfg).await.map_err(|e| format!("cannot read the catalogue: {e}"))?;
+    let stream = upstream.stream();
+    stream.write_all(&crate::session::frontend_query(sql)).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let mut found = Vec::new();
+    loop {
+        let frame = read_backend(stream, max).await.map_err(|e| e.to_string())?;
+        match frame.tag() {
+            b'D' => match text_values(frame.body()).as_deref() {
+                Some([Some(schema), Some(table)]) => found.push((schema.clone(), table.clone())),
+                _ => return Err("unexpected catalogue row".into()),
+            },
             b'E' => return Err(frame.error_fields().map(|f| f.message).unwrap_or_default()),
             b'Z' => break,
             _ => {}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gatehouse_core::pipeline::{OpenError, OpenRequest, Pipeline};
+use gatehouse_core::pipeline::{OpenError, OpenRequest, OpenedSession, Pipeline};
 use tokio::io::{AsyncWriteExt, DuplexStream};
 
 use crate::session::{ListenerConfig, Session, Statements};
@@ -60,6 +60,24 @@ pub enum ExecError {
 
 /// Largest message accepted from the in-process session (rows can be big).
 const MAX_FRAME: usize = 1 << 30;
+
+/// The tables and views a session's upstream login sees (outside the system schemas), as
+/// (schema, name): what an agent's tool description offers, once policy has filtered it.
+pub async fn tables(session: &OpenedSession, config: &ListenerConfig) -> Result<Vec<(String, String)>, String> {
+    let target = &session.upstream;
+    let cfg = crate::UpstreamConfig {
+        host: target.host.clone(),
+        port: target.port,
+        user: target.user.clone().unwrap_or_default(),
+        password: target.password.clone(),
+        database: target.database.clone().unwrap_or_else(|| session.connection.clone()),
+        tls: target.tls_mode.parse().unwrap_or(crate::TlsMode::VerifyFull),
+        ca_file: target.ca_file.clone().map(Into::into),
+        params: vec![("application_name".into(), target.stamp.chars().take(63).collect())],
+        connect_timeout: config.connect_timeout,
+    };
+    crate::catalog::tables(&cfg, config.max_backend_message).await
+}
 
 /// Opens a session for `open` and runs `statement` in it through the relay, then ends it.
 pub async fn exec<P: Pipeline, S: Statements>(
@@ -118,7 +136,10 @@ async fn drive(mut stream: DuplexStream, statement: &ExecStatement) -> Result<Ex
             }
             b'D' => {
                 if out.rows.len() < statement.max_rows {
-                    out.rows.push(data_row(frame.body()).ok_or_else(|| ExecError::Session("malformed row".into()))?);
+                    out.rows.push(
+                        crate::catalog::text_values(frame.body())
+                            .ok_or_else(|| ExecError::Session("malformed row".into()))?,
+                    );
                 } else {
                     out.truncated = true;
                 }
@@ -184,25 +205,6 @@ fn execute(max_rows: i32) -> Bytes {
     frame(b'E', &body)
 }
 
-/// A `DataRow` of text values.
-fn data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
-    let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    let mut at = 2;
-    let mut row = Vec::with_capacity(usize::try_from(n).ok()?);
-    for _ in 0..n {
-        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        if len < 0 {
-            row.push(None);
-            continue;
-        }
-        let len = usize::try_from(len).ok()?;
-        row.push(Some(String::from_utf8_lossy(body.get(at..at + len)?).into_owned()));
-        at += len;
-    }
-    Some(row)
-}
-
 /// Names of the built-in types callers meet most.
 fn type_name(oid: u32) -> String {
     let name = match oid {
@@ -244,14 +246,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn data_rows_are_read_with_nulls_and_refuse_truncation() {
-        let mut body = 3i16.to_be_bytes().to_vec();
-        body.extend_from_slice(&2i32.to_be_bytes());
-        body.extend_from_slice(b"42");
-        body.extend_from_slice(&(-1i32).to_be_bytes());
-        body.extend_from_slice(&0i32.to_be_bytes());
-        assert_eq!(data_row(&body), Some(vec![Some("42".into()), None, Some(String::new())]));
-        assert_eq!(data_row(&body[..body.len() - 1]), None);
+    fn type_names() {
         assert_eq!(type_name(23), "int4");
         assert_eq!(type_name(99999), "oid:99999");
     }

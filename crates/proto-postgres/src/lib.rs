@@ -35,7 +35,7 @@ mod wire;
 
 pub use backend::{BackendFrame, Column, ErrorFields, TransactionStatus, next_backend, read_backend};
 pub use classify::SqlStatements;
-pub use exec::{ExecColumn, ExecError, ExecOutput, ExecStatement, exec};
+pub use exec::{ExecColumn, ExecError, ExecOutput, ExecStatement, exec, tables};
 pub use frontend::{
     CANCEL_REQUEST_CODE, FrontendMessage, GSSENC_REQUEST_CODE, MAX_STARTUP_LEN, ProtocolVersion, SSL_REQUEST_CODE,
     Startup, next_message, read_message, read_startup,

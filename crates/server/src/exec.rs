@@ -47,6 +47,8 @@ struct Seen {
 struct Watched {
     inner: DataPath,
     seen: Mutex<Seen>,
+    /// Told the review id when a request starts to be held.
+    on_hold: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Watched {
@@ -71,6 +73,9 @@ impl Pipeline for Watched {
     }
 
     async fn hold(&self, session: &OpenedSession, hold: &Hold, req: &Request) -> Result<Verdict, String> {
+        if let Some(tx) = &self.on_hold {
+            let _ = tx.send(hold.review_id.clone());
+        }
         let result = self.inner.hold(session, hold, req).await;
         if let Err(why) = &result {
             self.seen().unapproved = Some((hold.review_id.clone(), why.clone()));
@@ -136,6 +141,7 @@ pub struct ExecResult {
 }
 
 /// Runs one statement on PostgreSQL connection `connection` as the caller behind `token`.
+/// `on_hold` is told the review id if the statement is held for review.
 pub async fn run(
     app: &Arc<App>,
     token: &str,
@@ -143,6 +149,7 @@ pub async fn run(
     connection: &str,
     via: &'static str,
     statement: ExecStatement,
+    on_hold: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 ) -> Result<ExecResult, ApiError> {
     let Some(settings) = app.exec.clone() else {
         return Err(ApiError::Unavailable("the exec path is not configured".into()));
@@ -150,7 +157,7 @@ pub async fn run(
     if statement.max_rows == 0 || statement.max_rows > MAX_ROWS_LIMIT {
         return Err(ApiError::invalid(format!("max_rows must be between 1 and {MAX_ROWS_LIMIT}")));
     }
-    let watched = Arc::new(Watched { inner: DataPath::new(app.clone()), seen: Mutex::default() });
+    let watched = Arc::new(Watched { inner: DataPath::new(app.clone()), seen: Mutex::default(), on_hold });
     let open = OpenRequest {
         protocol: "postgres",
         connection: connection.to_string(),

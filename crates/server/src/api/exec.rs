@@ -62,5 +62,5 @@ pub async fn exec(
     };
     // The caller's address, for policies that test `context.client_ip`.
     let client = extensions.get::<axum::extract::ConnectInfo<super::ClientAddr>>().map(|c| c.0.0);
-    Ok(Json(crate::exec::run(&app, &token, client, &name, "exec", statement).await?))
+    Ok(Json(crate::exec::run(&app, &token, client, &name, "exec", statement, None).await?))
 }

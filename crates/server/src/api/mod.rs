@@ -297,6 +297,7 @@ pub fn router(app: AppState) -> Router {
     let openapi = Arc::new(openapi);
     router
         .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
+        .merge(crate::mcp::service(app.clone()))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
