@@ -16,65 +16,23 @@ CLIENTS=${CLIENTS:-16}
 DURATION=${DURATION:-5}
 RUNS=${RUNS:-3}
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-missing=()
-command -v pgbench >/dev/null 2>&1 || missing+=(postgresql-client)
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_config >/dev/null 2>&1 || missing+=(postgresql)
-dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+. bench/lib.sh
+missing=($(pg_missing))
 command -v curl >/dev/null 2>&1 || missing+=(curl)
-if [ "${#missing[@]}" -gt 0 ]; then
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+install_missing "${missing[@]}"
 if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
     python3 -m pip install --quiet 'psycopg[binary]==3.3.9' \
         || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]==3.3.9'
 fi
-BINDIR=$(pg_config --bindir 2>/dev/null || true)
-[ -x "$BINDIR/initdb" ] || BINDIR=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-
-cargo build --release -q -p gatehouse-server
-GATEHOUSE=$PWD/target/release/gatehouse
-
-TMP=$(mktemp -d /tmp/gatehouse-bench.XXXXXX)
-chmod 755 "$TMP"
-if [ "$(id -u)" = 0 ]; then RUN=(runuser -u nobody --); OWNER=nobody; else RUN=(); OWNER=$(id -un); fi
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    "${RUN[@]}" "$BINDIR/pg_ctl" -D "$TMP/pg" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+bench_setup
 
 PG_PORT=$(free_port); API_PORT=$(free_port); GW_PORT=$(free_port)
 
 echo "== PostgreSQL on $PG_PORT (max_connections $((HELD + CLIENTS + 20)))"
-mkdir -p "$TMP/pg" "$TMP/run" && chown "$OWNER" "$TMP/pg" "$TMP/run"
-"${RUN[@]}" "$BINDIR/initdb" -D "$TMP/pg" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
-cat >>"$TMP/pg/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $PG_PORT
-unix_socket_directories = '$TMP/run'
-max_connections = $((HELD + CLIENTS + 20))
-shared_buffers = 128MB
-fsync = off
-CONF
-"${RUN[@]}" "$BINDIR/pg_ctl" -D "$TMP/pg" -l "$TMP/run/pg.log" -w start >/dev/null
-pgbench -i -q -s 10 -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
+start_postgres "$PG_PORT" $((HELD + CLIENTS + 20)) 10
 
 echo "== Gatehouse on $GW_PORT (recording on, hold 600 s)"
-env -u GATEHOUSE_TOKEN -u GATEHOUSE_SERVER GATEHOUSE_LISTEN_API="127.0.0.1:$API_PORT" GATEHOUSE_LISTEN_POSTGRES="127.0.0.1:$GW_PORT" \
-    GATEHOUSE_LOG_LEVEL=warn GATEHOUSE_REVIEWS_HOLD_SECONDS=600 "$GATEHOUSE" serve --data-dir "$TMP/gw" >"$TMP/gatehouse.log" 2>&1 &
-GW_PID=$!
-pids+=("$GW_PID")
-wait_port "$GW_PORT"
-for _ in $(seq 1 100); do [ -s "$TMP/gw/admin.token" ] && break; sleep 0.05; done
-export GATEHOUSE_SERVER="http://127.0.0.1:$API_PORT" GATEHOUSE_TOKEN
-GATEHOUSE_TOKEN=$(cat "$TMP/gw/admin.token")
+start_gatehouse "$API_PORT" "$GW_PORT" GATEHOUSE_REVIEWS_HOLD_SECONDS=600
 "$GATEHOUSE" connections add bench --type postgres --host 127.0.0.1 --port "$PG_PORT" --database postgres \
     --user postgres --tls disable 2>/dev/null
 BENCH_TOKEN=$("$GATEHOUSE" identities add bench --groups bench)

@@ -140,6 +140,22 @@ pub struct ExecResult {
     pub notices: Vec<String>,
 }
 
+/// A session on PostgreSQL connection `connection` for an API caller (exec, MCP).
+pub fn open_request(token: &str, client_addr: Option<SocketAddr>, connection: &str, via: &'static str) -> OpenRequest {
+    OpenRequest {
+        protocol: "postgres",
+        connection: connection.to_string(),
+        client_addr,
+        claimed_user: None,
+        secret: token.to_string(),
+        // The caller's bearer token came over the API listener, which is TLS or loopback.
+        tls: true,
+        masks_values: true,
+        masks_columns: true,
+        via,
+    }
+}
+
 /// Runs one statement on PostgreSQL connection `connection` as the caller behind `token`.
 /// `on_hold` is told the review id if the statement is held for review.
 pub async fn run(
@@ -158,18 +174,7 @@ pub async fn run(
         return Err(ApiError::invalid(format!("max_rows must be between 1 and {MAX_ROWS_LIMIT}")));
     }
     let watched = Arc::new(Watched { inner: DataPath::new(app.clone()), seen: Mutex::default(), on_hold });
-    let open = OpenRequest {
-        protocol: "postgres",
-        connection: connection.to_string(),
-        client_addr,
-        claimed_user: None,
-        secret: token.to_string(),
-        // The caller's bearer token came over the API listener, which is TLS or loopback.
-        tls: true,
-        masks_values: true,
-        masks_columns: true,
-        via,
-    };
+    let open = open_request(token, client_addr, connection, via);
     let output =
         gatehouse_proto_postgres::exec(watched.clone(), settings.statements, settings.config, open, statement).await;
     let output = match output {

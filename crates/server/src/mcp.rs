@@ -11,7 +11,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use gatehouse_audit::{Entry, new_session_id, now_ms, session_record};
-use gatehouse_core::pipeline::{OpenRequest, Pipeline, Request as PipelineRequest};
+use gatehouse_core::pipeline::{Pipeline, Request as PipelineRequest};
 use gatehouse_core::{AuthzRequest, ConnectionInfo, Identity, Outcome, Resource};
 use gatehouse_proto_postgres::ExecStatement;
 use gatehouse_store::ReviewFilter;
@@ -178,17 +178,7 @@ impl Gateway {
         client_addr: Option<std::net::SocketAddr>,
     ) -> Result<Vec<String>, String> {
         let path = DataPath::new(self.app.clone());
-        let open = OpenRequest {
-            protocol: "postgres",
-            connection: connection.to_string(),
-            client_addr,
-            claimed_user: None,
-            secret: token.to_string(),
-            tls: true,
-            masks_values: true,
-            masks_columns: true,
-            via: "mcp",
-        };
+        let open = crate::exec::open_request(token, client_addr, connection, "mcp");
         let session = path.open(open).await.map_err(|e| e.to_string())?;
         let config = self.app.exec.as_ref().map(|e| e.config.clone());
         let tables = match config {

@@ -348,22 +348,15 @@ pub async fn vote(
     }
     // Recorded before it takes effect, refused attempts included.
     let action = format!("review.{verb}");
-    let session_id = new_session_id();
-    let entries = vec![
-        Entry::session_start(
-            session_record(&session_id, &caller.name, caller.kind, None, "api", None),
-            json!({"identity": caller.name, "identity_kind": caller.kind, "groups": caller.groups, "protocol": "api"}),
-        ),
-        Entry::request(
-            &session_id,
-            json!({"action": action, "operation": action, "target": id, "review_id": id, "comment": comment,
-                "requester": review.requester, "request": review.request, "as_groups": groups,
-                "decision": if problem.is_some() { "deny" } else { "allow" },
-                "message": problem.as_ref().map(ToString::to_string)}),
-            problem.is_some(),
-        ),
-        Entry::session_end(&session_id, if problem.is_some() { "denied" } else { "completed" }),
-    ];
+    let denied = problem.is_some();
+    let entries = api_call(
+        caller,
+        json!({"action": action, "operation": action, "target": id, "review_id": id, "comment": comment,
+            "requester": review.requester, "request": review.request, "as_groups": groups,
+            "decision": if denied { "deny" } else { "allow" },
+            "message": problem.as_ref().map(ToString::to_string)}),
+        denied,
+    );
     app.audit.record(entries).await?;
     if let Some(p) = problem {
         return Err(p);
@@ -404,6 +397,19 @@ pub async fn vote(
     }
     app.reviews.changed(&review);
     Ok(review)
+}
+
+/// A management call by `caller` as its own `api` session: start, the request, end.
+fn api_call(caller: &Identity, request: serde_json::Value, denied: bool) -> Vec<Entry> {
+    let session_id = new_session_id();
+    vec![
+        Entry::session_start(
+            session_record(&session_id, &caller.name, caller.kind, None, "api", None),
+            json!({"identity": caller.name, "identity_kind": caller.kind, "groups": caller.groups, "protocol": "api"}),
+        ),
+        Entry::request(&session_id, request, denied),
+        Entry::session_end(&session_id, if denied { "denied" } else { "completed" }),
+    ]
 }
 
 /// Whether every approver group has its quorum of distinct approving members.
@@ -475,20 +481,12 @@ pub async fn request_access(
         used_at: None,
         version: 1,
     };
-    let session_id = new_session_id();
-    let entries = vec![
-        Entry::session_start(
-            session_record(&session_id, &caller.name, caller.kind, None, "api", None),
-            json!({"identity": caller.name, "identity_kind": caller.kind, "groups": caller.groups, "protocol": "api"}),
-        ),
-        Entry::request(
-            &session_id,
-            json!({"action": "access.request", "operation": "access.request", "target": group, "review_id": review.id,
-                "request": review.request, "reason": reason, "decision": "review", "approvers": review.approvers}),
-            false,
-        ),
-        Entry::session_end(&session_id, "completed"),
-    ];
+    let entries = api_call(
+        caller,
+        json!({"action": "access.request", "operation": "access.request", "target": group, "review_id": review.id,
+            "request": review.request, "reason": reason, "decision": "review", "approvers": review.approvers}),
+        false,
+    );
     app.audit.record(entries).await?;
     app.store.create_review(&review).await?;
     app.metrics.review("created");

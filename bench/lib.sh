@@ -1,0 +1,76 @@
+# Shared by the benchmark scripts (sourced, not run): installing what they need, a temporary
+# directory cleaned up on exit, free loopback ports, and starting PostgreSQL and Gatehouse.
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# install_missing PACKAGE...: apt-get install the Debian packages given (the caller checks which
+# are missing).
+install_missing() {
+    [ "$#" -gt 0 ] || return 0
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# pg_missing: the PostgreSQL packages the benchmarks need and the machine lacks.
+pg_missing() {
+    command -v pgbench >/dev/null 2>&1 || echo postgresql-client
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_config >/dev/null 2>&1 || echo postgresql
+    dpkg -s libclang-dev >/dev/null 2>&1 || echo libclang-dev
+}
+
+# bench_setup: PostgreSQL's bin directory, the release build of Gatehouse, and a temporary
+# directory ($TMP) whose servers ($pids, PostgreSQL) are stopped on exit. Servers refuse to run as
+# root: they run as nobody then ($RUN, $OWNER).
+bench_setup() {
+    BINDIR=$(pg_config --bindir 2>/dev/null || true)
+    [ -x "$BINDIR/initdb" ] || BINDIR=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    cargo build --release -q -p gatehouse-server
+    GATEHOUSE=$PWD/target/release/gatehouse
+    TMP=$(mktemp -d /tmp/gatehouse-bench.XXXXXX)
+    chmod 755 "$TMP"
+    if [ "$(id -u)" = 0 ]; then RUN=(runuser -u nobody --); OWNER=nobody; else RUN=(); OWNER=$(id -un); fi
+    pids=()
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    "${RUN[@]}" "$BINDIR/pg_ctl" -D "$TMP/pg" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$TMP"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+# start_postgres PORT MAX_CONNECTIONS SCALE: a throwaway PostgreSQL in $TMP/pg (trust auth, fsync
+# off), initialised for pgbench at SCALE.
+start_postgres() {
+    mkdir -p "$TMP/pg" "$TMP/run" && chown "$OWNER" "$TMP/pg" "$TMP/run"
+    "${RUN[@]}" "$BINDIR/initdb" -D "$TMP/pg" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+    cat >>"$TMP/pg/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $1
+unix_socket_directories = '$TMP/run'
+max_connections = $2
+shared_buffers = 128MB
+fsync = off
+CONF
+    "${RUN[@]}" "$BINDIR/pg_ctl" -D "$TMP/pg" -l "$TMP/run/pg.log" -w start >/dev/null
+    pgbench -i -q -s "$3" -h 127.0.0.1 -p "$1" -U postgres postgres >/dev/null 2>&1
+}
+
+# start_gatehouse API_PORT PG_PORT [VAR=VALUE...]: Gatehouse in $TMP/gw with the given settings
+# ($GW_PID); the client is then set up as admin ($GATEHOUSE_SERVER, $GATEHOUSE_TOKEN).
+start_gatehouse() {
+    local api=$1 listen=$2
+    shift 2
+    env -u GATEHOUSE_TOKEN -u GATEHOUSE_SERVER GATEHOUSE_LISTEN_API="127.0.0.1:$api" \
+        GATEHOUSE_LISTEN_POSTGRES="127.0.0.1:$listen" GATEHOUSE_LOG_LEVEL=warn "$@" \
+        "$GATEHOUSE" serve --data-dir "$TMP/gw" >"$TMP/gatehouse.log" 2>&1 &
+    GW_PID=$!
+    pids+=("$GW_PID")
+    wait_port "$listen"
+    for _ in $(seq 1 100); do [ -s "$TMP/gw/admin.token" ] && break; sleep 0.05; done
+    export GATEHOUSE_SERVER="http://127.0.0.1:$api" GATEHOUSE_TOKEN
+    GATEHOUSE_TOKEN=$(cat "$TMP/gw/admin.token")
+}
