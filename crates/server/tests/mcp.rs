@@ -121,6 +121,19 @@ fn agents_see_their_tools_get_masked_rows_are_refused_held_and_recorded() {
         serde_json::from_str(&f.gw.cli_ok(&["sessions", "list", "--identity", "app", "--json"]).unwrap()).unwrap();
     let mcp: Vec<&Value> = sessions.as_array().unwrap().iter().filter(|s| s["protocol"] == "mcp").collect();
     assert!(!mcp.is_empty(), "{sessions}");
+    // Each agent run closed its MCP session, and the gateway session recording it ended too.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sessions: Value =
+            serde_json::from_str(&f.gw.cli_ok(&["sessions", "list", "--identity", "app", "--json"]).unwrap()).unwrap();
+        let live: Vec<&Value> =
+            sessions.as_array().unwrap().iter().filter(|s| s["protocol"] == "mcp" && s["live"] == true).collect();
+        if live.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "MCP sessions still live after their clients left: {live:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let events = session_events(&f.gw, "app");
     let calls: Vec<&Value> =
         events.iter().filter(|e| e["data"]["action"] == "mcp.query_pg").map(|e| &e["data"]).collect();
