@@ -179,6 +179,7 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     });
     bootstrap(&app).await?;
     app.reviews.load_access(&app.store.active_access_grants(now_ms()).await?);
+    close_left_open(&app).await?;
 
     let checker = app.clone();
     tokio::spawn(async move {
@@ -308,6 +309,24 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     } else {
         tracing::info!("audit trail flushed; stopped");
     }
+    Ok(())
+}
+
+/// Ends the sessions a previous run left open (it was killed, or the machine went down): their
+/// callers are gone, and the record says so.
+async fn close_left_open(app: &App) -> anyhow::Result<()> {
+    let open = app.store.open_sessions().await?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    for ids in open.chunks(500) {
+        let entries = ids
+            .iter()
+            .map(|id| gatehouse_audit::Entry::session_end(id, "the gateway stopped without ending the session"))
+            .collect();
+        app.audit.record(entries).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    tracing::warn!(sessions = open.len(), "ended the sessions the previous run left open (it did not stop cleanly)");
     Ok(())
 }
 

@@ -309,4 +309,5 @@ async fn audit(store: &dyn Store) {
         store.list_sessions(SessionFilter { before: Some(200), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(before.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["s1"]);
     assert!(store.get_session("nope").await.unwrap().is_none());
+    assert_eq!(store.open_sessions().await.unwrap(), vec!["s2".to_string()], "s1 was closed");
 }

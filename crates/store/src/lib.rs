@@ -89,6 +89,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn session_events(&self, session_id: &str) -> Result<Vec<StoredEvent>>;
     async fn list_sessions(&self, filter: SessionFilter) -> Result<Vec<SessionRecord>>;
     async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>>;
+    /// The ids of sessions that were never ended (left open by a gateway that was killed).
+    async fn open_sessions(&self) -> Result<Vec<String>>;
 
     // Reviews.
     async fn create_review(&self, review: &ReviewRecord) -> Result<()>;

@@ -640,6 +640,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn open_sessions(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT id FROM sessions WHERE ended_at IS NULL ORDER BY started_at")
+                .map_err(db_err)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(db_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
+        })
+        .await
+    }
+
     async fn list_sessions(&self, f: SessionFilter) -> Result<Vec<SessionRecord>> {
         let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
         self.read(move |c| {

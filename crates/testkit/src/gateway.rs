@@ -186,6 +186,14 @@ impl Gateway {
         }
     }
 
+    /// Kills the process with SIGKILL, as a crash would: nothing is flushed or ended.
+    pub fn kill(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else { bail!("not running") };
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
     /// Starts the server again on the same data directory and port (after [`Gateway::terminate`]).
     pub fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {
