@@ -25,6 +25,8 @@ mod digest;
 mod exec;
 mod extended;
 mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 mod masking;
 pub mod messages;
 mod params;

@@ -1,0 +1,14 @@
+//! The masker on any text: no panic, stable, and nothing detectable survives.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use gatehouse_mask::Masker;
+
+static MASKER: LazyLock<Option<Masker>> = LazyLock::new(|| Masker::builtin().ok());
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Some(masker) = MASKER.as_ref() {
+        gatehouse_proto_postgres::fuzzing::mask(data, masker);
+    }
+});
