@@ -286,6 +286,9 @@ fn phones_not_found() {
             "12:30:45",
             "price 1 234 567",
             "0.5 0.25 0.125",
+            // A run of digit groups too long for any shape holds no shorter number inside it
+            // (found by fuzzing: masking its tail left a new match, so masking was not stable).
+            "3704 0532 043 0532 0432 045678",
         ],
     );
 }

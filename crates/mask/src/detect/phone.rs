@@ -11,6 +11,9 @@
 //!   `020-7946-0958`; a first group of 2–5 digits starting with one `0`, further groups of
 //!   2–8 digits, one separator throughout, 9–12 digits in all.
 //!
+//! A number is not taken out of the middle of a longer run of space-separated digit groups
+//! (`3704 0532 043 0532 0432 045678` holds no phone number), so masking is stable.
+//!
 //! Not detected: national numbers without any separator (`03012345678`), numbers mixing
 //! separators outside the shapes above (`030 1234-567`), vanity letters, extensions. Plain
 //! digit runs, dates (`2024-01-15`, `01.02.2024`), versions and IPv4 addresses do not fit any
@@ -45,6 +48,7 @@ pub(crate) fn find(text: &str, out: &mut Vec<Cand>) {
         let c = b[i];
         if (c == b'+' || c == b'(' || c.is_ascii_digit())
             && left_ok(text, i, LEFT_JOINERS)
+            && (c == b'+' || !after_digit_group(b, i))
             && let Some(end) = parse_at(text, i)
         {
             out.push(Cand::new(i, end, Form::Phone));
@@ -59,6 +63,14 @@ pub(crate) fn find(text: &str, out: &mut Vec<Cand>) {
             }
         }
     }
+}
+
+/// Whether byte `i` follows a digit group and a space (`… 0532 0432 045678`): a phone number is
+/// not taken out of the middle of a longer run of digit groups, which as a whole fits no shape.
+/// Otherwise masking the tail would leave the rest as a new, shorter run that does fit a shape,
+/// and masking twice would differ from masking once.
+fn after_digit_group(b: &[u8], i: usize) -> bool {
+    i >= 2 && b[i - 1] == b' ' && b[i - 2].is_ascii_digit()
 }
 
 /// The end of a phone number starting at byte `i`, if one does.
