@@ -13,6 +13,9 @@ use crate::forms::render;
 use crate::scan::{Cand, Stats};
 use crate::{Counts, CustomPattern, Detector, MaskError};
 
+/// Passes after the first before a text whose masking does not settle is masked whole.
+const MAX_PASSES: usize = 4;
+
 /// Compiled size limit of one custom pattern.
 const CUSTOM_SIZE_LIMIT: usize = 1 << 20;
 
@@ -153,8 +156,29 @@ impl Masker {
         if found.is_empty() {
             return Masked::unchanged(text);
         }
-        let mut out = String::with_capacity(text.len() + 16);
         let mut counts = Counts::new();
+        let mut out = self.apply(text, found, &mut counts);
+        // A masked form keeps a few characters (the last digits of a number, …), which can form
+        // a new value with what follows. Mask again until nothing changes, so masking is stable
+        // and nothing detectable is left; if that does not settle, nothing of the text is kept.
+        for _ in 0..MAX_PASSES {
+            let found = self.resolve(&out);
+            if found.is_empty() {
+                return Masked { text: Cow::Owned(out), counts };
+            }
+            // What later passes mask are pieces of values already counted, not new values.
+            let next = self.apply(&out, found, &mut Counts::new());
+            if next == out {
+                return Masked { text: Cow::Owned(out), counts };
+            }
+            out = next;
+        }
+        Masked { text: Cow::Owned(crate::mask_whole(text)), counts }
+    }
+
+    /// `text` with the values `found` in it replaced by their masked forms, counted.
+    fn apply(&self, text: &str, found: Vec<(Cand, String)>, counts: &mut Counts) -> String {
+        let mut out = String::with_capacity(text.len() + 16);
         let mut copied = 0;
         for (cand, masked) in found {
             out.push_str(&text[copied..cand.start]);
@@ -163,7 +187,7 @@ impl Masker {
             counts.add(&self.slots[cand.slot].name, 1);
         }
         out.push_str(&text[copied..]);
-        Masked { text: Cow::Owned(out), counts }
+        out
     }
 
     /// Masks `bytes` if they are valid UTF-8; `None` otherwise. Detectors work on text only:

@@ -106,6 +106,17 @@ const TOKEN_PREFIXES: &[&str] = &[
     "sk-",
 ];
 
+/// Whether a PEM block cut off before its END line has anything after its BEGIN line. A bare
+/// header (as a masked block keeps it, before `[masked]`) holds no key.
+fn holds_key_material(block: &str) -> bool {
+    let body = block.get(5..).and_then(|rest| rest.find("-----")).and_then(|i| block.get(i + 10..)).unwrap_or("");
+    body.replace("\\n", "")
+        .replace("\\r", "")
+        .replace("\\t", "")
+        .chars()
+        .any(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
+}
+
 /// A token character: what a credential may be glued to without being a separate token.
 fn tokenish(c: char) -> bool {
     is_word(c) || c == '-'
@@ -116,7 +127,7 @@ pub(crate) fn find(p: &Patterns, text: &str, out: &mut Vec<Cand>) {
         for m in p.pem.find_iter(text) {
             out.push(Cand::new(m.start(), m.end(), Form::Pem).with_sub(SUB_PEM));
         }
-        for m in p.pem_open.find_iter(text) {
+        for m in p.pem_open.find_iter(text).filter(|m| holds_key_material(m.as_str())) {
             out.push(Cand::new(m.start(), m.end(), Form::Pem).with_sub(SUB_PEM));
         }
     }
