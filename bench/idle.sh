@@ -18,10 +18,7 @@ RUNS=${RUNS:-3}
 . bench/lib.sh
 missing=($(pg_missing))
 install_missing "${missing[@]}"
-if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
-    python3 -m pip install --quiet 'psycopg[binary]==3.3.9' \
-        || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]==3.3.9'
-fi
+ensure_psycopg
 bench_setup
 # A thousand sessions need a thousand file descriptors on each side, and then some.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"

@@ -18,6 +18,13 @@ pg_missing() {
     dpkg -s libclang-dev >/dev/null 2>&1 || echo libclang-dev
 }
 
+# ensure_psycopg: the psycopg 3 driver, from PyPI, for the Python clients some benchmarks run.
+ensure_psycopg() {
+    python3 -c 'import psycopg' >/dev/null 2>&1 && return 0
+    python3 -m pip install --quiet 'psycopg[binary]==3.3.9' \
+        || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]==3.3.9'
+}
+
 # bench_setup: PostgreSQL's bin directory, the release build of Gatehouse, and a temporary
 # directory ($TMP) whose servers ($pids, PostgreSQL) are stopped on exit. Servers refuse to run as
 # root: they run as nobody then ($RUN, $OWNER).

@@ -20,10 +20,7 @@ RUNS=${RUNS:-3}
 missing=($(pg_missing))
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 install_missing "${missing[@]}"
-if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
-    python3 -m pip install --quiet 'psycopg[binary]==3.3.9' \
-        || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]==3.3.9'
-fi
+ensure_psycopg
 bench_setup
 
 PG_PORT=$(free_port); API_PORT=$(free_port); GW_PORT=$(free_port)
