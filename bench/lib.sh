@@ -81,3 +81,18 @@ start_gatehouse() {
     export GATEHOUSE_SERVER="http://127.0.0.1:$api" GATEHOUSE_TOKEN
     GATEHOUSE_TOKEN=$(cat "$TMP/gw/admin.token")
 }
+
+# best_tps gatehouse|direct: the best `pgbench -S` TPS of $RUNS runs of $DURATION s with $CLIENTS
+# clients, through Gatehouse ($GW_PORT, as the identity whose token is $BENCH_TOKEN, connection
+# `bench`) or directly ($PG_PORT).
+best_tps() {
+    local best=0 tps target
+    for _ in $(seq 1 "$RUNS"); do
+        if [ "$1" = gatehouse ]; then target=(-h 127.0.0.1 -p "$GW_PORT" -U bench bench); else target=(-h 127.0.0.1 -p "$PG_PORT" -U postgres postgres); fi
+        tps=$(PGPASSWORD=$BENCH_TOKEN PGSSLMODE=disable pgbench -n -S -M simple -c "$CLIENTS" -j 2 -T "$DURATION" \
+            "${target[@]}" 2>&1 | awk '/^tps = / {print $3; exit}')
+        [ -n "$tps" ] || { echo "pgbench failed ($1)" >&2; exit 1; }
+        if awk -v a="$tps" -v b="$best" 'BEGIN {exit !(a > b)}'; then best=$tps; fi
+    done
+    echo "$best"
+}

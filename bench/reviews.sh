@@ -46,18 +46,6 @@ CEDAR
 threads() { ls "/proc/$GW_PID/task" | wc -l; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status"; }
 held_now() { curl -s "http://127.0.0.1:$API_PORT/metrics" | awk '/^gatehouse_held_requests / {print $2}'; }
-# best_tps gatehouse|direct
-best_tps() {
-    local best=0 tps target
-    for _ in $(seq 1 "$RUNS"); do
-        if [ "$1" = gatehouse ]; then target=(-h 127.0.0.1 -p "$GW_PORT" -U bench bench); else target=(-h 127.0.0.1 -p "$PG_PORT" -U postgres postgres); fi
-        tps=$(PGPASSWORD=$BENCH_TOKEN PGSSLMODE=disable pgbench -n -S -M simple -c "$CLIENTS" -j 2 -T "$DURATION" \
-            "${target[@]}" 2>&1 | awk '/^tps = / {print $3; exit}')
-        [ -n "$tps" ] || { echo "pgbench failed" >&2; exit 1; }
-        if awk -v a="$tps" -v b="$best" 'BEGIN {exit !(a > b)}'; then best=$tps; fi
-    done
-    echo "$best"
-}
 
 echo "== pgbench -S, $CLIENTS clients, through Gatehouse and directly, nothing held"
 TPS_BEFORE=$(best_tps gatehouse)
