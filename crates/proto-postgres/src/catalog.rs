@@ -64,30 +64,16 @@ pub(crate) async fn columns(
          WHERE a.attrelid IN ({}) AND a.attnum > 0",
         list.join(",")
     );
-    let mut upstream = crate::connect(cfg).await.map_err(|e| format!("cannot read the catalogue: {e}"))?;
-    let stream = upstream.stream();
-    stream.write_all(&crate::session::frontend_query(&sql)).await.map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())?;
     let mut read: HashMap<u32, HashMap<i16, Named>> = missing.iter().map(|o| (*o, HashMap::new())).collect();
-    loop {
-        let frame = read_backend(stream, max).await.map_err(|e| e.to_string())?;
-        match frame.tag() {
-            b'D' => {
-                let v = text_values(frame.body()).ok_or("malformed catalogue row")?;
-                let [Some(oid), Some(schema), Some(table), Some(num), Some(name)] = &v[..] else {
-                    return Err("unexpected catalogue row".into());
-                };
-                let (Ok(oid), Ok(num)) = (oid.parse::<u32>(), num.parse::<i16>()) else {
-                    return Err("unexpected catalogue row".into());
-                };
-                read.entry(oid).or_default().insert(num, (schema.clone(), table.clone(), name.clone()));
-            }
-            b'E' => return Err(frame.error_fields().map(|f| f.message).unwrap_or_default()),
-            b'Z' => break,
-            _ => {}
-        }
+    for v in query(cfg, &sql, max).await? {
+        let [Some(oid), Some(schema), Some(table), Some(num), Some(name)] = &v[..] else {
+            return Err("unexpected catalogue row".into());
+        };
+        let (Ok(oid), Ok(num)) = (oid.parse::<u32>(), num.parse::<i16>()) else {
+            return Err("unexpected catalogue row".into());
+        };
+        read.entry(oid).or_default().insert(num, (schema.clone(), table.clone(), name.clone()));
     }
-    let _ = stream.write_all(&[b'X', 0, 0, 0, 4]).await;
     let mut known = known();
     let tables = known.entry(connection.to_string()).or_default();
     for (oid, columns) in read {
@@ -141,28 +127,14 @@ pub(crate) async fn table_columns(
          WHERE c.oid = pg_catalog.to_regclass('{}') AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
         name.replace('\'', "''")
     );
-    let mut upstream = crate::connect(cfg).await.map_err(|e| format!("cannot read the catalogue: {e}"))?;
-    let stream = upstream.stream();
-    stream.write_all(&crate::session::frontend_query(&sql)).await.map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())?;
     let mut found: Option<TableColumns> = None;
-    loop {
-        let frame = read_backend(stream, max).await.map_err(|e| e.to_string())?;
-        match frame.tag() {
-            b'D' => {
-                let v = text_values(frame.body()).ok_or("malformed catalogue row")?;
-                let [Some(schema), Some(table), Some(column), Some(oid)] = &v[..] else {
-                    return Err("unexpected catalogue row".into());
-                };
-                let oid = oid.parse::<u32>().map_err(|_| "unexpected catalogue row")?;
-                found.get_or_insert_with(|| (schema.clone(), table.clone(), Vec::new())).2.push((column.clone(), oid));
-            }
-            b'E' => return Err(frame.error_fields().map(|f| f.message).unwrap_or_default()),
-            b'Z' => break,
-            _ => {}
-        }
+    for v in query(cfg, &sql, max).await? {
+        let [Some(schema), Some(table), Some(column), Some(oid)] = &v[..] else {
+            return Err("unexpected catalogue row".into());
+        };
+        let oid = oid.parse::<u32>().map_err(|_| "unexpected catalogue row")?;
+        found.get_or_insert_with(|| (schema.clone(), table.clone(), Vec::new())).2.push((column.clone(), oid));
     }
-    let _ = stream.write_all(&[b'X', 0, 0, 0, 4]).await;
     Ok(found)
 }
 
@@ -173,23 +145,32 @@ pub(crate) async fn tables(cfg: &UpstreamConfig, max: usize) -> Result<Vec<(Stri
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2 LIMIT 500";
+    let mut found = Vec::new();
+    for v in query(cfg, sql, max).await? {
+        match &v[..] {
+            [Some(schema), Some(table)] => found.push((schema.clone(), table.clone())),
+            _ => return Err("unexpected catalogue row".into()),
+        }
+    }
+    Ok(found)
+}
+
+/// Runs one catalogue query on a fresh upstream login and returns its rows as text.
+async fn query(cfg: &UpstreamConfig, sql: &str, max: usize) -> Result<Vec<Vec<Option<String>>>, String> {
     let mut upstream = crate::connect(cfg).await.map_err(|e| format!("cannot read the catalogue: {e}"))?;
     let stream = upstream.stream();
     stream.write_all(&crate::session::frontend_query(sql)).await.map_err(|e| e.to_string())?;
     stream.flush().await.map_err(|e| e.to_string())?;
-    let mut found = Vec::new();
+    let mut rows = Vec::new();
     loop {
         let frame = read_backend(stream, max).await.map_err(|e| e.to_string())?;
         match frame.tag() {
-            b'D' => match text_values(frame.body()).as_deref() {
-                Some([Some(schema), Some(table)]) => found.push((schema.clone(), table.clone())),
-                _ => return Err("unexpected catalogue row".into()),
-            },
+            b'D' => rows.push(text_values(frame.body()).ok_or("malformed catalogue row")?),
             b'E' => return Err(frame.error_fields().map(|f| f.message).unwrap_or_default()),
             b'Z' => break,
             _ => {}
         }
     }
     let _ = stream.write_all(&[b'X', 0, 0, 0, 4]).await;
-    Ok(found)
+    Ok(rows)
 }

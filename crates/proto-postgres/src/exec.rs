@@ -64,18 +64,9 @@ const MAX_FRAME: usize = 1 << 30;
 /// The tables and views a session's upstream login sees (outside the system schemas), as
 /// (schema, name): what an agent's tool description offers, once policy has filtered it.
 pub async fn tables(session: &OpenedSession, config: &ListenerConfig) -> Result<Vec<(String, String)>, String> {
-    let target = &session.upstream;
-    let cfg = crate::UpstreamConfig {
-        host: target.host.clone(),
-        port: target.port,
-        user: target.user.clone().unwrap_or_default(),
-        password: target.password.clone(),
-        database: target.database.clone().unwrap_or_else(|| session.connection.clone()),
-        tls: target.tls_mode.parse().unwrap_or(crate::TlsMode::VerifyFull),
-        ca_file: target.ca_file.clone().map(Into::into),
-        params: vec![("application_name".into(), target.stamp.chars().take(63).collect())],
-        connect_timeout: config.connect_timeout,
-    };
+    let stamp = session.upstream.stamp.chars().take(63).collect();
+    let cfg =
+        crate::session::upstream_config(session, vec![("application_name".into(), stamp)], config.connect_timeout);
     crate::catalog::tables(&cfg, config.max_backend_message).await
 }
 

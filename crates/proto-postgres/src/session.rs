@@ -358,17 +358,7 @@ impl Session {
             params.iter().filter(|(k, _)| PASSED_PARAMS.contains(&k.as_str())).cloned().collect();
         let app_name_stamp = app_name.clone();
         upstream_params.push(("application_name".into(), app_name));
-        let cfg = UpstreamConfig {
-            host: target.host.clone(),
-            port: target.port,
-            user: target.user.clone().unwrap_or_default(),
-            password: target.password.clone(),
-            database: target.database.clone().unwrap_or_else(|| session.connection.clone()),
-            tls: target.tls_mode.parse().unwrap_or(TlsMode::VerifyFull),
-            ca_file: target.ca_file.clone().map(Into::into),
-            params: upstream_params,
-            connect_timeout: config.connect_timeout,
-        };
+        let cfg = upstream_config(session, upstream_params, config.connect_timeout);
         let mut upstream = match crate::connect(&cfg).await {
             Ok(u) => u,
             Err(e) => {
@@ -509,6 +499,26 @@ async fn search_path(upstream: &mut Upstream, max: usize) -> Result<Vec<String>,
             b'Z' => return Ok(out),
             _ => {}
         }
+    }
+}
+
+/// How the gateway logs in to the resource for `session`, sending `params` at startup.
+pub(crate) fn upstream_config(
+    session: &OpenedSession,
+    params: Vec<(String, String)>,
+    connect_timeout: Duration,
+) -> UpstreamConfig {
+    let target = &session.upstream;
+    UpstreamConfig {
+        host: target.host.clone(),
+        port: target.port,
+        user: target.user.clone().unwrap_or_default(),
+        password: target.password.clone(),
+        database: target.database.clone().unwrap_or_else(|| session.connection.clone()),
+        tls: target.tls_mode.parse().unwrap_or(TlsMode::VerifyFull),
+        ca_file: target.ca_file.clone().map(Into::into),
+        params,
+        connect_timeout,
     }
 }
 

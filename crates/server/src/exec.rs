@@ -36,15 +36,26 @@ pub const DEFAULT_MAX_ROWS: usize = 1_000;
 struct Seen {
     /// The decisions that refused something, newest last.
     refusals: Vec<Decision>,
-    /// A hold that ended without approval: the review and why.
-    unapproved: Option<(String, String)>,
+    /// A hold that ended without approval: the review, why, and whether it is still pending.
+    unapproved: Option<Unapproved>,
     /// How each forwarded request ended.
     results: Vec<RequestResult>,
     session_id: Option<String>,
 }
 
+/// A held request that was not approved in time, denied, or expired.
+#[derive(Debug)]
+struct Unapproved {
+    review_id: String,
+    why: String,
+    /// The review is still waiting for a decision: the same request may be sent again once
+    /// it is approved.
+    pending: bool,
+}
+
 /// The data path with a window on its decisions.
 struct Watched {
+    app: Arc<App>,
     inner: DataPath,
     seen: Mutex<Seen>,
     /// Told the review id when a request starts to be held.
@@ -78,7 +89,9 @@ impl Pipeline for Watched {
         }
         let result = self.inner.hold(session, hold, req).await;
         if let Err(why) = &result {
-            self.seen().unapproved = Some((hold.review_id.clone(), why.clone()));
+            let review = self.app.store.get_review(&hold.review_id).await.ok().flatten();
+            let pending = review.is_some_and(|r| r.status == gatehouse_store::ReviewStatus::Pending);
+            self.seen().unapproved = Some(Unapproved { review_id: hold.review_id.clone(), why: why.clone(), pending });
         }
         result
     }
@@ -173,7 +186,8 @@ pub async fn run(
     if statement.max_rows == 0 || statement.max_rows > MAX_ROWS_LIMIT {
         return Err(ApiError::invalid(format!("max_rows must be between 1 and {MAX_ROWS_LIMIT}")));
     }
-    let watched = Arc::new(Watched { inner: DataPath::new(app.clone()), seen: Mutex::default(), on_hold });
+    let watched =
+        Arc::new(Watched { app: app.clone(), inner: DataPath::new(app.clone()), seen: Mutex::default(), on_hold });
     let open = open_request(token, client_addr, connection, via);
     let output =
         gatehouse_proto_postgres::exec(watched.clone(), settings.statements, settings.config, open, statement).await;
@@ -194,10 +208,10 @@ pub async fn run(
         let message = format!("{}: {}", error.code, error.message);
         return Err(match error.code.as_str() {
             "42501" => match seen.unapproved {
-                Some((review_id, why)) if why.contains("waiting for approval") => {
+                Some(Unapproved { review_id, why, pending: true }) => {
                     ApiError::ReviewPending { message: why, review_id }
                 }
-                Some((_, why)) => ApiError::Forbidden { message: why, policies: vec![] },
+                Some(Unapproved { why, .. }) => ApiError::Forbidden { message: why, policies: vec![] },
                 None => ApiError::Forbidden {
                     message: error.message,
                     policies: seen.refusals.last().map(|d| d.policies.clone()).unwrap_or_default(),

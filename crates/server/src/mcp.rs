@@ -86,6 +86,23 @@ impl Drop for Gateway {
     }
 }
 
+/// How a tool call ended, as answered and recorded.
+enum Call {
+    Done(Value),
+    /// Held for review and not approved in time.
+    Held(String),
+    Refused(String),
+}
+
+impl From<Result<Value, String>> for Call {
+    fn from(r: Result<Value, String>) -> Call {
+        match r {
+            Ok(v) => Call::Done(v),
+            Err(e) => Call::Refused(e),
+        }
+    }
+}
+
 fn tool_error(text: impl Into<String>) -> CallToolResponse {
     CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(text.into())]))
 }
@@ -213,8 +230,10 @@ impl Gateway {
         connection: &str,
         arguments: &serde_json::Map<String, Value>,
         context: &RequestContext<RoleServer>,
-    ) -> Result<Value, String> {
-        let sql = arguments.get("sql").and_then(Value::as_str).ok_or("the argument sql (a string) is required")?;
+    ) -> Call {
+        let Some(sql) = arguments.get("sql").and_then(Value::as_str) else {
+            return Call::Refused("the argument sql (a string) is required".into());
+        };
         let params = match arguments.get("params") {
             None | Some(Value::Null) => vec![],
             Some(Value::Array(values)) => values
@@ -225,7 +244,7 @@ impl Gateway {
                     other => Some(other.to_string()),
                 })
                 .collect(),
-            Some(_) => return Err("the argument params must be an array".into()),
+            Some(_) => return Call::Refused("the argument params must be an array".into()),
         };
         let statement = ExecStatement { sql: sql.to_string(), params, max_rows: crate::exec::DEFAULT_MAX_ROWS };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -250,32 +269,26 @@ impl Gateway {
             }
         };
         match result {
-            Ok(r) => serde_json::to_value(&r).map_err(|e| e.to_string()),
-            Err(ApiError::ReviewPending { review_id, .. }) => Err(format!(
+            Ok(r) => serde_json::to_value(&r).map_err(|e| e.to_string()).into(),
+            Err(ApiError::ReviewPending { review_id, .. }) => Call::Held(format!(
                 "this query needs approval and was not approved in time (review {review_id}); once a person approves it, call this tool again with exactly the same arguments and it runs once"
             )),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Call::Refused(e.to_string()),
         }
     }
 
     /// Records one tool call in the MCP session.
-    async fn record_call(
-        &self,
-        session: &str,
-        tool: &str,
-        arguments: Value,
-        outcome: &Result<Value, String>,
-        started: Instant,
-    ) {
-        let (decision, rows, error) = match outcome {
-            Ok(v) => ("allow", v["row_count"].as_u64(), None),
-            Err(e) if e.contains("needs approval") => ("review", None, Some(e.clone())),
-            Err(e) => ("deny", None, Some(e.clone())),
+    async fn record_call(&self, session: &str, tool: &str, arguments: Value, outcome: &Call, started: Instant) {
+        let (decision, result, error) = match outcome {
+            Call::Done(v) => ("allow", Some(v), None),
+            Call::Held(e) => ("review", None, Some(e)),
+            Call::Refused(e) => ("deny", None, Some(e)),
         };
         let entry = Entry::request(
             session,
             json!({"action": format!("mcp.{tool}"), "tool": tool, "arguments": arguments, "decision": decision,
-                "rows": rows, "error": error, "exec_session": outcome.as_ref().ok().map(|v| v["session_id"].clone()),
+                "rows": result.and_then(|v| v["row_count"].as_u64()), "error": error,
+                "exec_session": result.map(|v| v["session_id"].clone()),
                 "duration_ms": started.elapsed().as_secs_f64() * 1000.0}),
             decision != "allow",
         );
@@ -396,9 +409,9 @@ impl ServerHandler for Gateway {
                 .map(|c| c.name),
             None => None,
         };
-        let outcome: Result<Value, String> = match (tool.as_str(), &connection) {
+        let outcome: Call = match (tool.as_str(), &connection) {
             (_, Some(conn)) => self.query(&token, conn, &arguments, &context).await,
-            ("list_my_reviews", _) => {
+            ("list_my_reviews", _) => Call::from({
                 let filter = ReviewFilter { status: None, requester: Some(identity.name.clone()), limit: 100 };
                 match self.app.store.list_reviews(filter).await {
                     Ok(reviews) => Ok(json!({"reviews": reviews
@@ -408,8 +421,8 @@ impl ServerHandler for Gateway {
                         .collect::<Vec<_>>()})),
                     Err(e) => Err(e.to_string()),
                 }
-            }
-            ("request_access", _) => {
+            }),
+            ("request_access", _) => Call::from({
                 let arg = |k: &str| arguments.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
                 match humantime::parse_duration(&arg("duration")) {
                     Err(e) => Err(format!("duration {:?} is not like 1h or 30m: {e}", arg("duration"))),
@@ -421,14 +434,14 @@ impl ServerHandler for Gateway {
                         })
                         .map_err(|e| e.to_string()),
                 }
-            }
-            _ => Err(format!("unknown tool {tool:?}")),
+            }),
+            _ => Call::Refused(format!("unknown tool {tool:?}")),
         };
         let recorded = self.masked_arguments(connection.as_deref(), &arguments).await;
         self.record_call(&session, &tool, recorded, &outcome, started).await;
         Ok(match outcome {
-            Ok(v) => CallToolResponse::Complete(CallToolResult::structured(v)),
-            Err(e) => tool_error(e),
+            Call::Done(v) => CallToolResponse::Complete(CallToolResult::structured(v)),
+            Call::Held(e) | Call::Refused(e) => tool_error(e),
         })
     }
 }

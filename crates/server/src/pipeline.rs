@@ -254,13 +254,14 @@ impl DataPath {
         // Read before deciding: a change while deciding makes this decision stale, not kept.
         let generation = self.app.policy.generation();
         let set = self.app.policy.current();
-        let second = now_ms() / 1000;
+        let now = now_ms();
+        let second = now / 1000;
         // What no policy mentions cannot change a decision: a set that never tests the time
         // decides the same all day; one that never tests the statement text decides the same
         // for every constant in it.
         let valid_for = if set.mentions("time") { second } else { 0 };
         // Groups held by an approved access request count while the window lasts.
-        let (granted, extra) = self.app.reviews.effective(&session.identity, now_ms());
+        let (granted, extra) = self.app.reviews.effective(&session.identity, now);
         let principal = granted.as_ref().unwrap_or(&session.identity);
         let mut key = decision_key(req, |attribute| set.mentions(attribute));
         if !extra.is_empty() {

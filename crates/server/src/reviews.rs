@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gatehouse_audit::{Entry, new_session_id, now_ms, session_record};
 use gatehouse_core::pipeline::{OpenedSession, Request};
-use gatehouse_core::{Decision, Identity};
+use gatehouse_core::{Decision, Identity, IdentityKind};
 use gatehouse_store::{ReviewApprovers, ReviewKind, ReviewRecord, ReviewStatus, ReviewVote};
 use serde_json::json;
 use tokio::sync::watch;
@@ -30,11 +30,19 @@ pub struct Reviews {
     settings: ReviewSettings,
     /// Per pending review someone waits on: a counter bumped on every change.
     waiters: Mutex<HashMap<String, watch::Sender<u64>>>,
-    /// Access grants in force, by identity: (group, until).
-    access: Mutex<HashMap<String, Vec<(String, i64)>>>,
+    /// Access grants in force, by identity name.
+    access: Mutex<HashMap<String, Vec<AccessGrant>>>,
     /// Votes are decided one at a time, so quorum is counted on the latest state.
     voting: tokio::sync::Mutex<()>,
     http: reqwest::Client,
+}
+
+/// A group an identity holds until a time, by an approved access request.
+#[derive(Debug)]
+struct AccessGrant {
+    kind: IdentityKind,
+    group: String,
+    until: i64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -75,31 +83,33 @@ impl Reviews {
 
     fn add_access(&self, r: &ReviewRecord) {
         if let (Some(group), Some(until)) = (&r.group, r.grant_until) {
-            lock(&self.access).entry(r.requester.clone()).or_default().push((group.clone(), until));
+            let grant = AccessGrant { kind: r.requester_kind, group: group.clone(), until };
+            lock(&self.access).entry(r.requester.clone()).or_default().push(grant);
         }
     }
 
-    /// The groups `identity` holds by approved access requests at `now`, sorted; none for most.
-    pub fn granted_groups(&self, identity: &str, now: i64) -> Vec<String> {
-        let mut access = lock(&self.access);
-        let Some(grants) = access.get_mut(identity) else { return Vec::new() };
-        grants.retain(|(_, until)| *until > now);
-        let mut groups: Vec<String> = grants.iter().map(|(g, _)| g.clone()).collect();
-        if grants.is_empty() {
-            access.remove(identity);
-        }
-        groups.sort();
-        groups.dedup();
-        groups
-    }
-
-    /// `identity` with the groups its access grants add at `now`, and those groups.
+    /// `identity` with the groups its approved access requests add at `now`, and those groups
+    /// (sorted; none for most identities).
     pub fn effective(&self, identity: &Identity, now: i64) -> (Option<Identity>, Vec<String>) {
-        let extra: Vec<String> =
-            self.granted_groups(&identity.name, now).into_iter().filter(|g| !identity.groups.contains(g)).collect();
+        let mut extra: Vec<String> = {
+            let mut access = lock(&self.access);
+            let Some(grants) = access.get_mut(&identity.name) else { return (None, Vec::new()) };
+            grants.retain(|g| g.until > now);
+            let extra = grants
+                .iter()
+                .filter(|g| g.kind == identity.kind && !identity.groups.contains(&g.group))
+                .map(|g| g.group.clone())
+                .collect();
+            if grants.is_empty() {
+                access.remove(&identity.name);
+            }
+            extra
+        };
         if extra.is_empty() {
             return (None, extra);
         }
+        extra.sort();
+        extra.dedup();
         let mut with = identity.clone();
         with.groups.extend(extra.iter().cloned());
         (Some(with), extra)
@@ -119,6 +129,56 @@ impl Reviews {
         if review.status != ReviewStatus::Pending {
             waiters.remove(&review.id);
         }
+    }
+
+    /// A new pending review of `kind` by `requester`, expiring after `[reviews] expire_after`;
+    /// what is particular to its kind is left empty for the caller to fill in.
+    fn pending(
+        &self,
+        kind: ReviewKind,
+        requester: &Identity,
+        request: String,
+        reason: String,
+        approvers: &[(String, u32)],
+    ) -> ReviewRecord {
+        let now = now_ms();
+        ReviewRecord {
+            id: new_session_id(),
+            kind,
+            status: ReviewStatus::Pending,
+            requester: requester.name.clone(),
+            requester_kind: requester.kind,
+            connection: None,
+            session_id: None,
+            request,
+            digest: None,
+            params: vec![],
+            fingerprint: None,
+            accesses: vec![],
+            policies: vec![],
+            reason,
+            approvers: approvers
+                .iter()
+                .map(|(group, quorum)| ReviewApprovers { group: group.clone(), quorum: *quorum })
+                .collect(),
+            votes: vec![],
+            group: None,
+            duration_ms: None,
+            created_at: now,
+            expires_at: now + millis(self.settings.expire_after),
+            decided_at: None,
+            grant_until: None,
+            used_at: None,
+            version: 1,
+        }
+    }
+
+    /// Stores a new review, counts it and notifies the webhook.
+    async fn opened(&self, app: &App, review: &ReviewRecord) -> Result<(), gatehouse_store::StoreError> {
+        app.store.create_review(review).await?;
+        app.metrics.review("created");
+        self.notify(review);
+        Ok(())
     }
 
     /// What a held caller is told while it waits.
@@ -242,40 +302,18 @@ pub async fn open_request_review(
     {
         return Ok((r, true));
     }
-    let settings = app.reviews.settings();
+    let approvers = decision.approvers.iter().map(|a| (a.group.clone(), a.quorum)).collect::<Vec<_>>();
     let review = ReviewRecord {
-        id: new_session_id(),
-        kind: ReviewKind::Request,
-        status: ReviewStatus::Pending,
-        requester: session.identity.name.clone(),
-        requester_kind: session.identity.kind,
         connection: Some(session.connection.clone()),
         session_id: Some(session.id.clone()),
-        request: req.text.clone(),
         digest: Some(req.digest.clone()),
         params: req.params.clone(),
         fingerprint: req.fingerprint.clone(),
         accesses: req.accesses.iter().map(|(a, r)| format!("{a} {}", r.entity_ref())).collect(),
         policies: decision.policies.clone(),
-        reason: decision.explain(),
-        approvers: decision
-            .approvers
-            .iter()
-            .map(|a| ReviewApprovers { group: a.group.clone(), quorum: a.quorum })
-            .collect(),
-        votes: vec![],
-        group: None,
-        duration_ms: None,
-        created_at: now,
-        expires_at: now + millis(settings.expire_after),
-        decided_at: None,
-        grant_until: None,
-        used_at: None,
-        version: 1,
+        ..app.reviews.pending(ReviewKind::Request, &session.identity, req.text.clone(), decision.explain(), &approvers)
     };
-    app.store.create_review(&review).await.map_err(unavailable)?;
-    app.metrics.review("created");
-    app.reviews.notify(&review);
+    app.reviews.opened(app, &review).await.map_err(unavailable)?;
     Ok((review, false))
 }
 
@@ -454,32 +492,11 @@ pub async fn request_access(
     if caller.groups.contains(group) {
         return Err(ApiError::Conflict(format!("{} is already in group {group:?}", caller.entity_ref())));
     }
-    let now = now_ms();
+    let request = format!("group {group} for {}", humantime::format_duration(duration));
     let review = ReviewRecord {
-        id: new_session_id(),
-        kind: ReviewKind::Access,
-        status: ReviewStatus::Pending,
-        requester: caller.name.clone(),
-        requester_kind: caller.kind,
-        connection: None,
-        session_id: None,
-        request: format!("group {group} for {}", humantime::format_duration(duration)),
-        digest: None,
-        params: vec![],
-        fingerprint: None,
-        accesses: vec![],
-        policies: vec![],
-        reason: reason.to_string(),
-        approvers: approvers.iter().map(|(g, q)| ReviewApprovers { group: g.clone(), quorum: *q }).collect(),
-        votes: vec![],
         group: Some(group.to_string()),
         duration_ms: Some(millis(duration)),
-        created_at: now,
-        expires_at: now + millis(settings.expire_after),
-        decided_at: None,
-        grant_until: None,
-        used_at: None,
-        version: 1,
+        ..app.reviews.pending(ReviewKind::Access, caller, request, reason.to_string(), approvers)
     };
     let entries = api_call(
         caller,
@@ -488,9 +505,7 @@ pub async fn request_access(
         false,
     );
     app.audit.record(entries).await?;
-    app.store.create_review(&review).await?;
-    app.metrics.review("created");
-    app.reviews.notify(&review);
+    app.reviews.opened(app, &review).await?;
     Ok(review)
 }
 

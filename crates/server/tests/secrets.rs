@@ -39,9 +39,9 @@ fn no_credential_or_token_reaches_logs_the_store_or_api_answers() {
     let new = f.gw.cli_ok(&["identities", "rotate", "rotating"]).unwrap().trim().to_string();
     keep(&mut said, f.psql("rotating", &new, "pg", "SELECT 2;"));
     keep(&mut said, f.psql("rotating", &old, "pg", "SELECT 3;"));
-    // A wrong token, and statements that mention credentials in their text.
+    // A wrong token, and the right one.
     keep(&mut said, f.psql("app", "not-the-token", "pg", "SELECT 4;"));
-    keep(&mut said, f.app(&format!("SELECT 'x' WHERE 'a' = '{}';", "harmless")));
+    keep(&mut said, f.app("SELECT 'x';"));
     // An OIDC user through the API and the data path.
     let jwt = oidc
         .token(serde_json::json!({"aud": "gatehouse", "sub": "u-1", "email": "ada@example.com", "groups": ["apps"]}))
@@ -55,7 +55,7 @@ fn no_credential_or_token_reaches_logs_the_store_or_api_answers() {
         Some(&f.token),
         Some(r#"{"sql": "SELECT 6"}"#),
     );
-    said.push(exec.body);
+    said.push(exec.body.clone());
     for args in [
         vec!["connections", "list", "--json"],
         vec!["connections", "show", "pg", "--json"],
@@ -66,9 +66,6 @@ fn no_credential_or_token_reaches_logs_the_store_or_api_answers() {
     ] {
         keep(&mut said, f.gw.cli(&args).unwrap());
     }
-    for s in f.gw.cli_ok(&["sessions", "list", "--json", "--limit", "1000"]).unwrap().lines() {
-        said.push(s.to_string());
-    }
     let sessions: serde_json::Value =
         serde_json::from_str(&f.gw.cli_ok(&["sessions", "list", "--json", "--limit", "1000"]).unwrap()).unwrap();
     for s in sessions.as_array().unwrap() {
@@ -76,9 +73,10 @@ fn no_credential_or_token_reaches_logs_the_store_or_api_answers() {
     }
     said.push(curl("GET", &format!("{}/api/v1/openapi.json", f.gw.url()), None, None).body);
     said.push(curl("GET", &format!("{}/metrics", f.gw.url()), None, None).body);
-    // The data path worked, so the search below is over a real run.
+    // Everything above worked, so the search below is over a real run.
+    assert_eq!(exec.status, 200, "exec ran: {}", exec.body);
     assert!(said.iter().any(|s| s.contains("ok:")), "audit verify ran");
-    assert!(exec.status == 200 || said.iter().any(|s| s.contains("\"rows\"")), "exec ran");
+    assert!(said.iter().any(|s| s.contains("ada@example.com")), "the OIDC user's session was recorded");
 
     let secrets = [
         ("the bootstrap admin token", f.gw.admin_token().to_string()),
