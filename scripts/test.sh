@@ -18,7 +18,7 @@ if ! command -v pgbench >/dev/null 2>&1 \
     || { ! command -v pg_config >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }; then
     packages+=(postgresql)
 fi
-command -v runuser >/dev/null 2>&1 || packages+=(util-linux)
+{ command -v runuser && command -v prlimit; } >/dev/null 2>&1 || packages+=(util-linux)
 command -v cc >/dev/null 2>&1 || packages+=(gcc)
 dpkg -s libclang-dev >/dev/null 2>&1 || packages+=(libclang-dev)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)

@@ -115,6 +115,10 @@ struct Job {
 /// for company before they are committed on their own.
 const LATER_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// How long entries that nothing waits for wait before another try, after a failed commit.
+/// (Entries a request waits on are not retried: the request is refused instead.)
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Called after each batch with how many events it held, how long the commit took, and whether
 /// it succeeded.
 pub type CommitObserver = Arc<dyn Fn(usize, std::time::Duration, bool) + Send + Sync>;
@@ -131,12 +135,24 @@ pub struct WriterStats {
     pub syncs: AtomicU64,
     /// Why forcing them to disk failed, once it has: no event is recorded after that.
     fsync_failure: std::sync::Mutex<Option<String>>,
+    /// Why the last batch failed, until one succeeds again.
+    failing: std::sync::Mutex<Option<String>>,
 }
 
 impl WriterStats {
     /// Why forcing the audit trail to disk failed, if it has (the writer refuses events since).
     pub fn fsync_failure(&self) -> Option<String> {
         self.fsync_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Why the last batch could not be committed, while the store keeps failing (requests are
+    /// refused meanwhile); `None` once a batch is committed again.
+    pub fn failing(&self) -> Option<String> {
+        self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn set_failing(&self, why: Option<String>) {
+        *self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = why;
     }
 }
 
@@ -225,7 +241,7 @@ impl AuditWriter {
             }
             FsyncPolicy::Off => None,
         };
-        let task = Task { store, keys, head_file, syncer, seq, prev, stats: stats.clone(), observer };
+        let task = Task { store, keys, head_file, syncer, seq, prev, stats: stats.clone(), observer, failed: false };
         let shared = Arc::new(Shared {
             queue: std::sync::Mutex::new(Pending::default()),
             chain: tokio::sync::Mutex::new(task),
@@ -234,9 +250,23 @@ impl AuditWriter {
         let (later, mut wake) = mpsc::channel::<()>(1);
         let flusher = shared.clone();
         let handle = tokio::spawn(async move {
-            while wake.recv().await.is_some() {
-                tokio::time::sleep(LATER_WINDOW).await;
-                flusher.commit_queued(false).await;
+            let mut retrying = false;
+            loop {
+                if retrying {
+                    // The last commit failed and left entries to retry: try again after a pause,
+                    // or at once when every writer is gone.
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY_AFTER) => {}
+                        woken = wake.recv() => if woken.is_none() { break },
+                    }
+                } else {
+                    if wake.recv().await.is_none() {
+                        break;
+                    }
+                    tokio::time::sleep(LATER_WINDOW).await;
+                }
+                let ok = flusher.commit_queued(false).await;
+                retrying = !ok && !flusher.queue().jobs.is_empty();
             }
             // Every writer is gone: commit what is left.
             flusher.commit_queued(false).await;
@@ -249,7 +279,10 @@ impl AuditWriter {
     pub async fn record(&self, entries: Vec<Entry>) -> Result<Vec<i64>, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.shared.enqueue(Job { entries, reply, urgent: true })?;
-        self.shared.commit_queued(true).await;
+        if !self.shared.commit_queued(true).await {
+            // Entries nothing waits for may have been put back: the background task retries.
+            let _ = self.later.try_send(());
+        }
         rx.await.map_err(|_| AuditError::Stopped)?
     }
 
@@ -323,27 +356,47 @@ impl Shared {
         jobs
     }
 
+    /// Puts jobs of a failed batch back at the head of the queue, in their order.
+    fn requeue(&self, jobs: Vec<Job>) {
+        let mut q = self.queue();
+        for job in jobs.into_iter().rev() {
+            q.urgent += usize::from(job.urgent);
+            q.jobs.push_front(job);
+        }
+        self.stats.queued.store(q.jobs.len(), Ordering::Relaxed);
+    }
+
     /// Commits what is queued, unless a commit is under way: then whoever makes it takes what
     /// is queued next. With `only_if_urgent`, stops once no queued job is waited on (the rest
-    /// rides with a later commit).
-    async fn commit_queued(&self, only_if_urgent: bool) {
+    /// rides with a later commit). After a failed commit, goes on only while jobs that are
+    /// waited on remain (each is answered, with the error if the store still fails); entries
+    /// nothing waits for stay queued for a later try. Returns whether every commit succeeded.
+    async fn commit_queued(&self, only_if_urgent: bool) -> bool {
+        let mut all_ok = true;
         loop {
-            let Ok(mut chain) = self.chain.try_lock() else { return };
+            let Ok(mut chain) = self.chain.try_lock() else { return all_ok };
             loop {
                 let jobs = self.take();
                 if jobs.is_empty() {
                     break;
                 }
-                chain.commit(jobs).await;
+                let retry = chain.commit(jobs).await;
+                if chain.failed {
+                    all_ok = false;
+                    self.requeue(retry);
+                    if self.queue().urgent == 0 {
+                        break;
+                    }
+                }
             }
             drop(chain);
             // A job queued while this commit held the chain, whose caller found it busy, is
             // ours to commit: look again now that the chain is free.
             let q = self.queue();
-            let more = if only_if_urgent { q.urgent > 0 } else { !q.jobs.is_empty() };
+            let more = if only_if_urgent || !all_ok { q.urgent > 0 } else { !q.jobs.is_empty() };
             drop(q);
             if !more {
-                return;
+                return all_ok;
             }
         }
     }
@@ -359,19 +412,25 @@ struct Task {
     prev: Vec<u8>,
     stats: Arc<WriterStats>,
     observer: Option<CommitObserver>,
+    /// The last batch failed.
+    failed: bool,
 }
 
 impl Task {
-    async fn commit(&mut self, jobs: Vec<Job>) {
+    /// Commits one batch and answers its jobs. If it fails, the jobs someone waits on get the
+    /// error and the others (results of requests already forwarded, session ends) are returned
+    /// to be tried again: they record what happened, so they must not be lost.
+    async fn commit(&mut self, jobs: Vec<Job>) -> Vec<Job> {
         let started = Instant::now();
         if let Some(e) = self.syncer.as_ref().and_then(Syncer::failure) {
             // What was committed may not reach the disk: record nothing more (fail closed).
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            self.failed = true;
             let e = AuditError::Unavailable(format!("the audit trail cannot be forced to disk: {e}"));
             for job in jobs {
                 let _ = job.reply.send(Err(e.clone()));
             }
-            return;
+            return Vec::new();
         }
         let mut batch = AuditBatch::default();
         let mut seqs: Vec<Vec<i64>> = Vec::with_capacity(jobs.len());
@@ -400,6 +459,7 @@ impl Task {
             seqs.push(mine);
         }
         let n = batch.events.len() as u64;
+        let last = seq;
         let result = match self.store.append_audit_inline(batch).await {
             Ok(()) => {
                 self.seq = seq;
@@ -429,9 +489,14 @@ impl Task {
             Ok(()) => {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.events.fetch_add(n, Ordering::Relaxed);
+                if self.failed {
+                    tracing::info!("the audit trail is written again; requests are served");
+                    self.stats.set_failing(None);
+                }
             }
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                self.stats.set_failing(Some(e.to_string()));
                 tracing::error!(error = %e, events = n, "audit batch not recorded; its requests are refused");
             }
         }
@@ -441,9 +506,19 @@ impl Task {
         if let Some(observe) = &self.observer {
             observe(usize::try_from(n).unwrap_or(usize::MAX), elapsed, result.is_ok());
         }
+        self.failed = result.is_err();
+        // Not in the store (the batch's last event is not there): worth another try.
+        let unstored = result.is_err() && self.seq < last;
+        let mut retry = Vec::new();
         for (job, mine) in jobs.into_iter().zip(seqs) {
-            let _ = job.reply.send(result.clone().map(|()| mine));
+            match &result {
+                Err(_) if unstored && !job.urgent => retry.push(job),
+                _ => {
+                    let _ = job.reply.send(result.clone().map(|()| mine));
+                }
+            }
         }
+        retry
     }
 }
 

@@ -111,6 +111,54 @@ pub enum OpenError {
     /// The gateway cannot decide or record now: fail closed.
     #[error("{0}")]
     Unavailable(String),
+    /// Over one of the gateway's limits (PostgreSQL 53300, or 28000 for sign-in lockouts).
+    #[error("{message}")]
+    Limited { limit: Limit, message: String },
+}
+
+/// The gateway's own limits on callers, each counted when it refuses something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// Connections open on one listener.
+    ListenerConnections,
+    /// Sessions one identity has open at once.
+    IdentitySessions,
+    /// Failed sign-ins from one source address within the window.
+    AuthFailuresSource,
+    /// Failed sign-ins claiming one identity within the window.
+    AuthFailuresIdentity,
+    /// Requests per second of one identity.
+    Requests,
+    /// Bytes of one statement's result.
+    ResultBytes,
+}
+
+impl Limit {
+    /// The name in metrics (`gatehouse_limited_total{limit}`) and in the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::ListenerConnections => "listener_connections",
+            Limit::IdentitySessions => "identity_sessions",
+            Limit::AuthFailuresSource => "auth_failures_source",
+            Limit::AuthFailuresIdentity => "auth_failures_identity",
+            Limit::Requests => "requests",
+            Limit::ResultBytes => "result_bytes",
+        }
+    }
+
+    pub const ALL: [Limit; 6] = [
+        Limit::ListenerConnections,
+        Limit::IdentitySessions,
+        Limit::AuthFailuresSource,
+        Limit::AuthFailuresIdentity,
+        Limit::Requests,
+        Limit::ResultBytes,
+    ];
+
+    /// Whether it is a sign-in lockout rather than a count of open things.
+    pub fn is_sign_in(self) -> bool {
+        matches!(self, Limit::AuthFailuresSource | Limit::AuthFailuresIdentity)
+    }
 }
 
 /// One request as the adapter understood it.
@@ -147,6 +195,9 @@ pub struct Verdict {
     pub held: Option<Hold>,
     /// For `Allow` by an approved review's grant: that review's id.
     pub grant: Option<String>,
+    /// Refused because the caller is over its request rate (the decision is `Deny`): what to
+    /// tell it. PostgreSQL answers 53400, HTTP 429.
+    pub limited: Option<String>,
 }
 
 /// A request waiting for a person's approval.
@@ -209,6 +260,10 @@ pub trait Pipeline: Send + Sync + 'static {
 
     /// Records the session's end.
     fn close(&self, session: &OpenedSession, reason: &str) -> impl Future<Output = ()> + Send;
+
+    /// Counts a refusal by one of the adapter's own limits (connections on its listener, result
+    /// size), for metrics.
+    fn over_limit(&self, protocol: &'static str, limit: Limit);
 
     /// Resolves when the session must end now (killed, identity removed or rotated, credential
     /// expired), with the reason to tell the caller.

@@ -50,6 +50,27 @@ pub struct ListenerConfig {
     pub max_backend_message: usize,
     /// Deadline for logging in upstream.
     pub connect_timeout: Duration,
+    /// Connections kept open at once; callers beyond it are refused with 53300 (`None`: no
+    /// limit).
+    pub max_connections: Option<usize>,
+    /// The most bytes of rows (or `COPY` data) one statement may return; a statement that
+    /// returns more is canceled and fails with 54000 (`None`: no limit).
+    pub max_result_bytes: Option<u64>,
+}
+
+/// Callers over the connection limit that are still told so (after their startup packet, as
+/// PostgreSQL does); beyond these, more are closed at once.
+const REFUSING_AT_MOST: usize = 128;
+/// How long a caller over the limit has to send its startup packet.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// One open connection of a listener, counted until dropped.
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What the adapter needs to turn statement text into requests: the SQL classifier, behind a
@@ -84,6 +105,7 @@ pub async fn serve<P: Pipeline, S: Statements>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let cancels: CancelMap = Arc::default();
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -98,9 +120,25 @@ pub async fn serve<P: Pipeline, S: Statements>(
             }
         };
         let _ = stream.set_nodelay(true);
+        let count = open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let counted = Counted(open.clone());
+        if let Some(max) = config.max_connections
+            && count > max
+        {
+            pipeline.over_limit("postgres", gatehouse_core::pipeline::Limit::ListenerConnections);
+            if count <= max.saturating_add(REFUSING_AT_MOST) {
+                let (config, cancels) = (config.clone(), cancels.clone());
+                tokio::spawn(async move {
+                    let _counted = counted;
+                    Session::refuse_busy(stream, peer, &config, &cancels, max).await;
+                });
+            }
+            continue;
+        }
         let (config, pipeline, statements, cancels) =
             (config.clone(), pipeline.clone(), statements.clone(), cancels.clone());
         tokio::spawn(async move {
+            let _counted = counted;
             Session::run(stream, peer, config, pipeline, statements, cancels).await;
         });
     }
@@ -175,6 +213,20 @@ impl Session {
         };
         let reason = Self::proxy(client, &params, &session, &config, pipeline.clone(), statements, &cancels).await;
         pipeline.close(&session, &reason).await;
+    }
+
+    /// Tells a caller over the listener's connection limit so, once it has sent its startup
+    /// packet (after TLS, if it asks for it), as PostgreSQL does. A cancel request still works.
+    async fn refuse_busy(tcp: TcpStream, peer: SocketAddr, config: &ListenerConfig, cancels: &CancelMap, max: usize) {
+        let deadline = REFUSAL_DEADLINE.min(config.auth_timeout);
+        if let Ok(Some((client, _, _))) =
+            tokio::time::timeout(deadline, Self::startup(tcp, peer, config, cancels)).await
+        {
+            let message = format!(
+                "sorry, too many clients already: the gateway has its most connections open on this listener ({max}, postgres.max_connections)"
+            );
+            send_and_close(client, fatal("53300", &message)).await;
+        }
     }
 
     /// SSL/GSS negotiation, cancel requests, and the startup packet.
@@ -330,6 +382,10 @@ impl Session {
                     OpenError::UnknownConnection(_) => "3D000",
                     OpenError::Forbidden { .. } => "42501",
                     OpenError::Unavailable(_) => "08004",
+                    // A sign-in lockout is an authorization refusal; too many sessions is
+                    // PostgreSQL's own "too many connections".
+                    OpenError::Limited { limit, .. } if limit.is_sign_in() => "28000",
+                    OpenError::Limited { .. } => "53300",
                 };
                 send_and_close(client, fatal(code, &e.to_string())).await;
                 None
@@ -427,6 +483,10 @@ impl Session {
             swallowing: false,
             ext: Default::default(),
             copy_in: false,
+            result_limit: config.max_result_bytes,
+            result_bytes: 0,
+            over_result: false,
+            cancel: upstream.cancel_token(),
         }
         .run(client_read, upstream, config)
         .await;
@@ -579,6 +639,14 @@ struct Relay<'a, P: Pipeline, S: Statements, W: AsyncWrite + Unpin> {
     ddl_in_flight: bool,
     /// How the rows of the `COPY … TO STDOUT` in flight are masked field by field.
     copy_plan: Option<crate::masking::CopyPlan>,
+    /// The most bytes of rows one statement may return.
+    result_limit: Option<u64>,
+    /// Bytes of rows the current statement returned so far.
+    result_bytes: u64,
+    /// The current statement passed `result_limit`: it was canceled and its rows are dropped.
+    over_result: bool,
+    /// Cancels the statement running upstream.
+    cancel: Option<CancelToken>,
 }
 
 /// `COPY … TO STDOUT` data under masking.
@@ -735,8 +803,18 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         up.write_all(bytes).await.map_err(|e| format!("the resource connection was lost: {e}"))
     }
 
-    /// The refusal a denied request gets, as an `ErrorResponse`.
-    fn refusal(decision: &Decision, adapter_reason: Option<&str>, note: Option<&str>, detail: Option<&str>) -> Bytes {
+    /// The refusal a denied request gets, as an `ErrorResponse`: 53400 when it was refused by
+    /// the caller's request rate (`limited`), 42501 otherwise.
+    fn refusal(
+        decision: &Decision,
+        limited: Option<&str>,
+        adapter_reason: Option<&str>,
+        note: Option<&str>,
+        detail: Option<&str>,
+    ) -> Bytes {
+        if let Some(message) = limited {
+            return messages::error_response(Severity::Error, "53400", message, detail, None);
+        }
         let mut message = match adapter_reason {
             Some(r) => format!("permission denied: {r}"),
             None => match decision.outcome {
@@ -789,7 +867,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         let refusal = match self.pipeline.authorize(self.session, request).await {
             Ok(v) => {
                 self.finish(v.seq, Some(format!("refused {phase}")), 0, None);
-                Self::refusal(&v.decision, adapter_reason, request.note.as_deref(), detail)
+                Self::refusal(&v.decision, v.limited.as_deref(), adapter_reason, request.note.as_deref(), detail)
             }
             Err(e) => Self::unrecorded(&e),
         };
@@ -905,8 +983,13 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                         }
                         Ok(v) => {
                             self.finish(v.seq, Some("refused".into()), 0, None);
-                            let refusal =
-                                Self::refusal(&v.decision, r.refuse.as_deref(), r.request.note.as_deref(), None);
+                            let refusal = Self::refusal(
+                                &v.decision,
+                                v.limited.as_deref(),
+                                r.refuse.as_deref(),
+                                r.request.note.as_deref(),
+                                None,
+                            );
                             return self.refuse_extended(refusal, up).await;
                         }
                         Err(e) => {
@@ -1287,14 +1370,14 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             return up.write_all(m.raw()).await.map_err(|e| format!("the resource connection was lost: {e}"));
         }
         let mut verdicts = Vec::with_capacity(batch.len());
-        let mut refusal: Option<(usize, Decision, Option<String>)> = None;
+        let mut refusal: Option<(usize, Verdict, Option<String>)> = None;
         for (i, stmt) in batch.iter().enumerate() {
             match self.pipeline.authorize(self.session, &stmt.request).await {
                 Ok(v) => {
                     let held = v.decision.outcome == Outcome::Review && v.held.is_some();
                     let denied = (v.decision.outcome != Outcome::Allow && !held) || stmt.refuse.is_some();
                     if denied && refusal.is_none() {
-                        refusal = Some((i, v.decision.clone(), stmt.refuse.clone()));
+                        refusal = Some((i, v.clone(), stmt.refuse.clone()));
                     }
                     verdicts.push(v);
                 }
@@ -1349,7 +1432,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             );
             return self.refuse(err, up).await;
         }
-        if let Some((i, decision, adapter_reason)) = refusal {
+        if let Some((i, verdict, adapter_reason)) = refusal {
             let n = batch.len();
             let stmt = &batch[i].request;
             let detail = if n > 1 {
@@ -1365,7 +1448,13 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 let why = if j == i { "refused" } else { "not run: another statement of the batch was refused" };
                 self.finish(v.seq, Some(why.into()), 0, None);
             }
-            let err = Self::refusal(&decision, adapter_reason.as_deref(), stmt.note.as_deref(), detail.as_deref());
+            let err = Self::refusal(
+                &verdict.decision,
+                verdict.limited.as_deref(),
+                adapter_reason.as_deref(),
+                stmt.note.as_deref(),
+                detail.as_deref(),
+            );
             return self.refuse(err, up).await;
         }
         self.restamp_after = batch.iter().any(|s| s.restamp);
@@ -1478,6 +1567,13 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             }
             return Ok(());
         }
+        let frame = match self.result_limit {
+            Some(max) => match self.limit_result(frame, max).await? {
+                Some(frame) => frame,
+                None => return Ok(()),
+            },
+            None => frame,
+        };
         if !self.ext.expects.is_empty() {
             return self.on_upstream_extended(frame, up).await;
         }
@@ -1565,6 +1661,66 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Keeps each statement's result under `max` bytes. Past it, the statement is canceled
+    /// upstream and its further rows dropped; the error that ends it (the cancel's `57014`) is
+    /// answered as 54000 saying why, and the session goes on. If the statement completed
+    /// before the cancel reached it, caller and resource no longer agree on what ran after it,
+    /// so the session is ended. `None`: the frame is dropped.
+    async fn limit_result(&mut self, frame: BackendFrame, max: u64) -> Result<Option<BackendFrame>, String> {
+        let too_large = || {
+            format!(
+                "the statement's result is larger than the gateway allows ({max} bytes, postgres.max_result_bytes); it was canceled"
+            )
+        };
+        match frame.tag() {
+            b'D' | b'd' => {
+                if self.over_result {
+                    return Ok(None);
+                }
+                self.result_bytes += frame.raw().len() as u64;
+                if self.result_bytes > max {
+                    self.over_result = true;
+                    self.pipeline.over_limit("postgres", gatehouse_core::pipeline::Limit::ResultBytes);
+                    if let Some(token) = self.cancel.clone() {
+                        tokio::spawn(async move {
+                            if let Err(e) = token.cancel().await {
+                                tracing::warn!(error = %e, "canceling an over-large result failed");
+                            }
+                        });
+                    }
+                    return Ok(None);
+                }
+            }
+            b'c' if self.over_result => return Ok(None),
+            b'E' if self.over_result => {
+                self.over_result = false;
+                self.result_bytes = 0;
+                let error = messages::error_response(Severity::Error, "54000", &too_large(), None, None);
+                return BackendFrame::from_raw(error).map(Some).map_err(|e| e.to_string());
+            }
+            b'C' | b's' if self.over_result => {
+                let message = too_large();
+                let why = format!("54000: {message}");
+                if let Some(crate::extended::Expect::Execute { .. }) = self.ext.expects.front()
+                    && let Some(e) = self.ext.expects.pop_front()
+                {
+                    self.finish_execute(e, None, Some(why.clone()));
+                } else {
+                    self.statement_done(None, Some(why));
+                }
+                self.fatal(
+                    "54000",
+                    &format!("{message}; it completed before the cancel reached it, so the session ends"),
+                )
+                .await;
+                return Err("a result over postgres.max_result_bytes completed before it could be canceled".into());
+            }
+            b'C' | b'E' | b'I' | b's' | b'Z' => self.result_bytes = 0,
+            _ => {}
+        }
+        Ok(Some(frame))
     }
 
     async fn drain_queue<U: AsyncWrite + Unpin>(&mut self, up: &mut U) -> Result<(), String> {

@@ -35,6 +35,18 @@ pub struct App {
     pub reviews: crate::reviews::Reviews,
     /// What one-off statements (the exec API) run with.
     pub exec: Option<crate::exec::ExecSettings>,
+    /// Limits on each caller.
+    pub limits: Arc<crate::limits::Limits>,
+}
+
+/// Why a sign-in did not succeed.
+#[derive(Debug)]
+pub enum SignInError {
+    /// The credential was refused (wrong, expired, …), or could not be checked.
+    Auth(gatehouse_auth::AuthError),
+    /// The address or the name is locked out after too many failures; the credential was not
+    /// checked.
+    Limited(crate::limits::Refused),
 }
 
 /// The parts of the management API, as `Api::"…"` resources in policy.
@@ -62,6 +74,40 @@ impl Area {
 }
 
 impl App {
+    /// Checks a caller's credential under the sign-in limits: a locked-out address or name is
+    /// refused without checking it, and each failure counts towards a lockout (recorded when
+    /// one begins). `claimed` is the name the caller gave, where its protocol carries one.
+    pub async fn sign_in(
+        &self,
+        secret: &str,
+        source: Option<std::net::IpAddr>,
+        claimed: Option<&str>,
+    ) -> Result<Identity, SignInError> {
+        if let Err(refused) = self.limits.sign_in_allowed(source, claimed) {
+            self.metrics.limited(refused.limit);
+            return Err(SignInError::Limited(refused));
+        }
+        let result = self.auth.authenticate(secret, gatehouse_audit::now_ms()).await;
+        match result {
+            Ok(identity) => Ok(identity),
+            Err(gatehouse_auth::AuthError::Unavailable(e)) => {
+                Err(SignInError::Auth(gatehouse_auth::AuthError::Unavailable(e)))
+            }
+            Err(e) => {
+                for lockout in self.limits.sign_in_failed(source, claimed) {
+                    tracing::warn!(limit = lockout.limit.as_str(), key = %lockout.key, seconds = lockout.until.as_secs_f64(),
+                        "too many failed sign-ins; refusing further attempts for a while");
+                    let payload = json!({"limit": lockout.limit.as_str(), "key": lockout.key,
+                        "seconds": lockout.until.as_secs_f64()});
+                    if let Err(e) = self.record_server_event("auth.locked", payload).await {
+                        tracing::error!(error = %e, "a sign-in lockout could not be recorded");
+                    }
+                }
+                Err(SignInError::Auth(e))
+            }
+        }
+    }
+
     pub fn head_path(&self) -> PathBuf {
         self.data_dir.join(gatehouse_audit::HEAD_FILE)
     }

@@ -15,7 +15,8 @@ const TOP_LEVEL: &[&str] = &["data_dir", "store"];
 /// Sections a `GATEHOUSE_<SECTION>_<KEY>` variable may address. Variables for other sections
 /// (another tool's, or a section a later version adds) are ignored with a warning; a wrong key
 /// inside a known section stops the server.
-const SECTIONS: &[&str] = &["listen", "tls", "audit", "log", "server", "oidc", "metrics", "postgres", "reviews"];
+const SECTIONS: &[&str] =
+    &["listen", "tls", "audit", "log", "server", "oidc", "metrics", "postgres", "reviews", "limits"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,6 +35,7 @@ pub struct Config {
     pub server: Server,
     pub reviews: Reviews,
     pub access: Access,
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -51,6 +53,7 @@ impl Default for Config {
             server: Server::default(),
             reviews: Reviews::default(),
             access: Access::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -146,6 +149,12 @@ pub struct Postgres {
     pub max_message: String,
     /// Deadline for the gateway's own login to the resource.
     pub connect_timeout: String,
+    /// Connections the listener keeps open at once; more are refused (53300). 0: no limit.
+    #[serde(deserialize_with = "lenient::u64")]
+    pub max_connections: u64,
+    /// The most bytes one statement may return ("0": no limit); a statement that returns more
+    /// is canceled and fails with 54000.
+    pub max_result_bytes: String,
 }
 
 impl Default for Postgres {
@@ -155,8 +164,58 @@ impl Default for Postgres {
             idle_timeout: "1h".into(),
             max_message: "64MiB".into(),
             connect_timeout: "10s".into(),
+            max_connections: 5000,
+            max_result_bytes: "0".into(),
         }
     }
+}
+
+/// Limits on each caller, for every protocol. Zero turns a limit off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Sessions one identity may have open at once.
+    #[serde(deserialize_with = "lenient::u64")]
+    pub sessions_per_identity: u64,
+    /// Requests (statements, calls) one identity may make per second, sustained.
+    #[serde(deserialize_with = "lenient::u64")]
+    pub requests_per_second: u64,
+    /// Requests one identity may make at once above the sustained rate (default: one second's
+    /// worth).
+    #[serde(deserialize_with = "lenient::u64")]
+    pub request_burst: u64,
+    /// Failed sign-ins from one address within `auth_failure_window` before that address is
+    /// refused until the window lets it try again.
+    #[serde(deserialize_with = "lenient::u64")]
+    pub auth_failures_per_source: u64,
+    /// Failed sign-ins claiming one identity (the user name a caller gives) within the window.
+    #[serde(deserialize_with = "lenient::u64")]
+    pub auth_failures_per_identity: u64,
+    pub auth_failure_window: String,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            sessions_per_identity: 0,
+            requests_per_second: 0,
+            request_burst: 0,
+            auth_failures_per_source: 30,
+            auth_failures_per_identity: 10,
+            auth_failure_window: "1m".into(),
+        }
+    }
+}
+
+/// The per-caller limits, checked. `None`: off.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    pub sessions_per_identity: Option<usize>,
+    /// Sustained rate and burst.
+    pub requests: Option<(std::num::NonZeroU32, std::num::NonZeroU32)>,
+    pub auth_failures_per_source: Option<std::num::NonZeroU32>,
+    pub auth_failures_per_identity: Option<std::num::NonZeroU32>,
+    pub auth_failure_window: Duration,
 }
 
 /// The PostgreSQL listener's limits, checked.
@@ -166,6 +225,8 @@ pub struct PostgresLimits {
     pub idle_timeout: Option<Duration>,
     pub max_message: usize,
     pub connect_timeout: Duration,
+    pub max_connections: Option<usize>,
+    pub max_result_bytes: Option<u64>,
 }
 
 fn parse_size(text: &str) -> Option<usize> {
@@ -340,6 +401,7 @@ pub struct Loaded {
     pub shutdown_grace: Duration,
     pub fsync_each_batch: bool,
     pub reviews: ReviewSettings,
+    pub limits: LimitSettings,
 }
 
 /// Loads the configuration from an optional file, the process environment and the flags.
@@ -506,7 +568,19 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
             err("postgres.max_message", format!("{:?} is not a size like 64MiB (at least 1KiB)", pg.max_message))
         })?,
         connect_timeout: duration("postgres.connect_timeout", &pg.connect_timeout)?,
+        max_connections: (pg.max_connections > 0).then(|| usize::try_from(pg.max_connections).unwrap_or(usize::MAX)),
+        max_result_bytes: match parse_size(&pg.max_result_bytes) {
+            Some(0) => None,
+            Some(n) => Some(n as u64),
+            None => {
+                return Err(err(
+                    "postgres.max_result_bytes",
+                    format!("{:?} is not a size like 256MiB (0: no limit)", pg.max_result_bytes),
+                ));
+            }
+        },
     };
+    let limits = limit_settings(&config.limits, &err)?;
     let fsync_each_batch = match config.audit.fsync.as_str() {
         "batch" => true,
         "off" => false,
@@ -532,6 +606,36 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
         shutdown_grace,
         fsync_each_batch,
         reviews,
+        limits,
+    })
+}
+
+fn limit_settings(l: &Limits, err: &dyn Fn(&str, String) -> String) -> Result<LimitSettings, String> {
+    let count = |key: &str, n: u64| -> Result<Option<std::num::NonZeroU32>, String> {
+        match u32::try_from(n) {
+            Ok(n) => Ok(std::num::NonZeroU32::new(n)),
+            Err(_) => Err(err(key, format!("{n} is too large"))),
+        }
+    };
+    let window = match humantime::parse_duration(&l.auth_failure_window) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => return Err(err("limits.auth_failure_window", "must be longer than zero".into())),
+        Err(e) => return Err(err("limits.auth_failure_window", format!("{:?}: {e}", l.auth_failure_window))),
+    };
+    let requests = match count("limits.requests_per_second", l.requests_per_second)? {
+        None if l.request_burst > 0 => {
+            return Err(err("limits.request_burst", "needs limits.requests_per_second".into()));
+        }
+        None => None,
+        Some(rate) => Some((rate, count("limits.request_burst", l.request_burst)?.unwrap_or(rate))),
+    };
+    Ok(LimitSettings {
+        sessions_per_identity: (l.sessions_per_identity > 0)
+            .then(|| usize::try_from(l.sessions_per_identity).unwrap_or(usize::MAX)),
+        requests,
+        auth_failures_per_source: count("limits.auth_failures_per_source", l.auth_failures_per_source)?,
+        auth_failures_per_identity: count("limits.auth_failures_per_identity", l.auth_failures_per_identity)?,
+        auth_failure_window: window,
     })
 }
 
@@ -763,6 +867,41 @@ mod tests {
             ("[reviews]\nwebhook_url = \"ftp://x\"\n", "reviews.webhook_url"),
             ("[reviews]\ngrant_validity = \"0s\"\n", "reviews.grant_validity"),
             ("[reviews]\nhold_seconds = \"soon\"\n", "reviews.hold_seconds"),
+        ] {
+            let f = file(text);
+            let e = load_from(Some(f.path()), &[], &Overrides::default()).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let l = load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(l.postgres.max_connections, Some(5000));
+        assert_eq!(l.postgres.max_result_bytes, None);
+        assert_eq!(l.limits.sessions_per_identity, None);
+        assert!(l.limits.requests.is_none());
+        assert_eq!(l.limits.auth_failures_per_source.map(|n| n.get()), Some(30));
+        assert_eq!(l.limits.auth_failure_window, Duration::from_secs(60));
+
+        let f = file(
+            "[postgres]\nmax_connections = 0\nmax_result_bytes = \"1MiB\"\n\
+             [limits]\nsessions_per_identity = 3\nrequests_per_second = 50\nauth_failures_per_identity = 0\n",
+        );
+        let env = env(&[("GATEHOUSE_LIMITS_REQUEST_BURST", "200")]);
+        let l = load_from(Some(f.path()), &env, &Overrides::default()).unwrap();
+        assert_eq!(l.postgres.max_connections, None);
+        assert_eq!(l.postgres.max_result_bytes, Some(1024 * 1024));
+        assert_eq!(l.limits.sessions_per_identity, Some(3));
+        assert_eq!(l.limits.requests.map(|(r, b)| (r.get(), b.get())), Some((50, 200)));
+        assert_eq!(l.limits.auth_failures_per_identity, None);
+
+        for (text, key) in [
+            ("[limits]\nrequest_burst = 5\n", "limits.request_burst"),
+            ("[limits]\nauth_failure_window = \"0s\"\n", "limits.auth_failure_window"),
+            ("[limits]\nrequests_per_second = 99999999999\n", "limits.requests_per_second"),
+            ("[postgres]\nmax_result_bytes = \"lots\"\n", "postgres.max_result_bytes"),
+            ("[postgres]\nmax_connections = -1\n", "postgres.max_connections"),
         ] {
             let f = file(text);
             let e = load_from(Some(f.path()), &[], &Overrides::default()).unwrap_err();

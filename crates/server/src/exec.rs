@@ -117,6 +117,10 @@ impl Pipeline for Watched {
         self.inner.close(session, reason).await;
     }
 
+    fn over_limit(&self, protocol: &'static str, limit: gatehouse_core::pipeline::Limit) {
+        self.inner.over_limit(protocol, limit);
+    }
+
     async fn ended(&self, session: &OpenedSession) -> String {
         self.inner.ended(session).await
     }
@@ -199,6 +203,7 @@ pub async fn run(
                 OpenError::UnknownConnection(m) => ApiError::NotFound(m),
                 OpenError::Forbidden { message, policies } => ApiError::Forbidden { message, policies },
                 OpenError::Unavailable(m) => ApiError::Unavailable(m),
+                OpenError::Limited { message, .. } => ApiError::Limited { message, retry_after: None },
             });
         }
         Err(ExecError::Session(m)) => return Err(ApiError::Upstream(m)),
@@ -218,6 +223,8 @@ pub async fn run(
                 },
             },
             "58000" => ApiError::Unavailable(error.message),
+            // Over the caller's request rate: try again in a second.
+            "53400" => ApiError::Limited { message: error.message, retry_after: Some(1) },
             _ => ApiError::Statement { message, sqlstate: error.code },
         });
     }

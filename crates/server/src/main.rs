@@ -9,6 +9,7 @@ mod app;
 mod cli;
 mod config;
 mod exec;
+mod limits;
 mod mcp;
 mod metrics;
 mod pipeline;

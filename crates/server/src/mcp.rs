@@ -56,10 +56,10 @@ async fn authenticate(State(app): State<AppState>, request: Request, next: Next)
         Ok(t) => t.to_string(),
         Err(e) => return e.into_response(),
     };
-    match app.auth.authenticate(&token, now_ms()).await {
+    let source = request.extensions().get::<axum::extract::ConnectInfo<crate::api::ClientAddr>>().map(|c| c.0.0.ip());
+    match crate::api::sign_in(&app, &token, source).await {
         Ok(_) => next.run(request).await,
-        Err(gatehouse_auth::AuthError::Unavailable(e)) => ApiError::Unavailable(e).into_response(),
-        Err(e) => ApiError::Unauthenticated(e.to_string()).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub authentications: Family<Labels, Counter>,
     masked: Family<Labels, Counter>,
     reviews: Family<Labels, Counter>,
+    limited: Family<Labels, Counter>,
     held: Gauge,
     pub audit_events: Counter,
     pub audit_failures: Counter,
@@ -53,6 +54,15 @@ impl Metrics {
             let _ = reviews.get_or_create(&vec![("status", status.to_string())]);
         }
         registry.register("reviews", "Reviews, by status (created, approved, denied, expired)", reviews.clone());
+        let limited = Family::<Labels, Counter>::default();
+        for limit in gatehouse_core::pipeline::Limit::ALL {
+            let _ = limited.get_or_create(&vec![("limit", limit.as_str().to_string())]);
+        }
+        registry.register(
+            "limited",
+            "Connections, sign-ins and requests refused by a limit, by limit",
+            limited.clone(),
+        );
         let held = Gauge::default();
         registry.register("held_requests", "Requests held on the wire waiting for a review", held.clone());
         let masked = Family::<Labels, Counter>::default();
@@ -94,6 +104,7 @@ impl Metrics {
         Arc::new(Metrics {
             masked,
             reviews,
+            limited,
             held,
             registry,
             sessions,
@@ -110,6 +121,11 @@ impl Metrics {
     /// Counts a review reaching `status` (`created`, `approved`, `denied`, `expired`).
     pub fn review(&self, status: &str) {
         self.reviews.get_or_create(&vec![("status", status.to_string())]).inc();
+    }
+
+    /// Counts a refusal by a limit.
+    pub fn limited(&self, limit: gatehouse_core::pipeline::Limit) {
+        self.limited.get_or_create(&vec![("limit", limit.as_str().to_string())]).inc();
     }
 
     /// One more (`1`) or one fewer (`-1`) request held for review.

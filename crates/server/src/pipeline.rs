@@ -15,12 +15,14 @@ use gatehouse_store::ConnectionRecord;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::app::App;
+use crate::app::{App, SignInError};
 
 /// A live session's handle: what ends it, whose it is, and the decisions it made lately.
 #[derive(Debug)]
 struct Live {
     identity: String,
+    /// The session's place in its identity's session count, given back when it ends.
+    _slot: crate::limits::SessionSlot,
     end: watch::Sender<Option<String>>,
     /// Decisions by request shape (accesses and context), each valid for the policy generation
     /// and the second (policies may test `context.time`) it was made in.
@@ -109,6 +111,7 @@ impl DataPath {
             OpenError::UnknownConnection(_) => ("unknown_connection", vec![]),
             OpenError::Forbidden { policies, .. } => ("forbidden", policies.clone()),
             OpenError::Unavailable(_) => ("unavailable", vec![]),
+            OpenError::Limited { limit, .. } => (limit.as_str(), vec![]),
         };
         let client = req.client_addr.map(|a| a.to_string());
         let entries = vec![
@@ -206,7 +209,7 @@ impl DataPath {
         let allowed = Decision::allow(decision.policies.clone());
         let seq =
             self.record_request(session, req, &allowed, json!({"grant": review.id, "approved_by": approvers})).await?;
-        Ok(Some(Verdict { seq, decision: allowed, held: None, grant: Some(review.id) }))
+        Ok(Some(Verdict { seq, decision: allowed, held: None, grant: Some(review.id), limited: None }))
     }
 
     /// Waits for the review of a held request: approved (the request runs, using the grant),
@@ -318,10 +321,15 @@ fn decision_key(req: &Request, mentioned: impl Fn(&str) -> bool) -> String {
 
 impl Pipeline for DataPath {
     async fn open(&self, req: OpenRequest) -> Result<OpenedSession, OpenError> {
-        let identity = match self.app.auth.authenticate(&req.secret, now_ms()).await {
+        let source = req.client_addr.map(|a| a.ip());
+        let identity = match self.app.sign_in(&req.secret, source, req.claimed_user.as_deref()).await {
             Ok(identity) => identity,
-            Err(AuthError::Unavailable(e)) => return Err(self.refuse(&req, None, OpenError::Unavailable(e)).await),
-            Err(e) => {
+            // A locked-out attempt is counted, not recorded one by one: the lockout itself is.
+            Err(SignInError::Limited(r)) => return Err(OpenError::Limited { limit: r.limit, message: r.message }),
+            Err(SignInError::Auth(AuthError::Unavailable(e))) => {
+                return Err(self.refuse(&req, None, OpenError::Unavailable(e)).await);
+            }
+            Err(SignInError::Auth(e)) => {
                 let who = req.claimed_user.clone().unwrap_or_default();
                 let err = OpenError::Unauthenticated(format!("authentication failed for user \"{who}\": {e}"));
                 return Err(self.refuse(&req, None, err).await);
@@ -405,6 +413,14 @@ impl Pipeline for DataPath {
                     .await);
             }
         };
+        let slot = match self.app.limits.open_session(&identity) {
+            Ok(slot) => slot,
+            Err(r) => {
+                self.app.metrics.limited(r.limit);
+                let err = OpenError::Limited { limit: r.limit, message: r.message };
+                return Err(self.refuse(&req, Some(&identity), err).await);
+            }
+        };
         let id = new_session_id();
         let client = req.client_addr.map(|a| a.to_string());
         let entries = vec![
@@ -429,7 +445,10 @@ impl Pipeline for DataPath {
         self.app.metrics.session(req.protocol);
         self.app.metrics.request(req.protocol, "allow");
         let (end, _) = watch::channel(None);
-        self.app.live.lock_insert(id.clone(), Live { identity: identity.name.clone(), end, decisions: HashMap::new() });
+        self.app.live.lock_insert(
+            id.clone(),
+            Live { identity: identity.name.clone(), _slot: slot, end, decisions: HashMap::new() },
+        );
         let stamp = format!("gatehouse:{}", identity.entity_ref().replace('"', ""));
         Ok(OpenedSession {
             id,
@@ -454,6 +473,13 @@ impl Pipeline for DataPath {
     }
 
     async fn authorize(&self, session: &OpenedSession, req: &Request) -> Result<Verdict, String> {
+        if let Err(r) = self.app.limits.request(&session.identity) {
+            self.app.metrics.limited(r.limit);
+            let decision = Decision::deny(vec![]);
+            let extra = json!({"refusal": r.limit.as_str(), "message": r.message});
+            let seq = self.record_request(session, req, &decision, extra).await?;
+            return Ok(Verdict { seq, decision, held: None, grant: None, limited: Some(r.message) });
+        }
         let decision = self.decide(session, req).await?;
         if decision.outcome == Outcome::Review && !req.digest.is_empty() {
             // Approved earlier and sent again: the grant runs it once.
@@ -470,10 +496,16 @@ impl Pipeline for DataPath {
                 )
                 .await?;
             let notice = self.app.reviews.notice(&review, joined);
-            return Ok(Verdict { seq, decision, held: Some(Hold { review_id: review.id, notice }), grant: None });
+            return Ok(Verdict {
+                seq,
+                decision,
+                held: Some(Hold { review_id: review.id, notice }),
+                grant: None,
+                limited: None,
+            });
         }
         let seq = self.record_request(session, req, &decision, json!({})).await?;
-        Ok(Verdict { seq, decision, held: None, grant: None })
+        Ok(Verdict { seq, decision, held: None, grant: None, limited: None })
     }
 
     async fn hold(&self, session: &OpenedSession, hold: &Hold, req: &Request) -> Result<Verdict, String> {
@@ -533,10 +565,15 @@ impl Pipeline for DataPath {
 
     async fn close(&self, session: &OpenedSession, reason: &str) {
         self.app.live.remove(&session.id);
+        // Nothing waits on it to act, so it is kept and retried if the store fails now.
         let entry = Entry::session_end(&session.id, reason);
-        if let Err(e) = self.app.audit.record_one(entry).await {
+        if let Err(e) = self.app.audit.record_later(vec![entry]).await {
             tracing::error!(session = %session.id, error = %e, "a session end could not be recorded");
         }
+    }
+
+    fn over_limit(&self, _protocol: &'static str, limit: gatehouse_core::pipeline::Limit) {
+        self.app.metrics.limited(limit);
     }
 
     async fn ended(&self, session: &OpenedSession) -> String {

@@ -116,7 +116,22 @@ async fn bootstrap(app: &App) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A file-size limit (`ulimit -f`) reached while writing the store would kill the process by
+/// default (SIGXFSZ). The gateway takes the signal instead, so the write fails like a full disk:
+/// requests are refused until the store can be written again.
+fn survive_file_size_limit() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Once registered, tokio's handler stays for the life of the process.
+        if let Err(e) = signal(SignalKind::from_raw(libc::SIGXFSZ)) {
+            tracing::warn!(error = %e, "cannot take SIGXFSZ; a file-size limit would stop the gateway");
+        }
+    }
+}
+
 pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
+    survive_file_size_limit();
     let (store, keys) = open(&loaded).await?;
     let data_dir = loaded.config.data_dir.clone();
     let fsync = if loaded.fsync_each_batch { FsyncPolicy::Interval(FSYNC_INTERVAL) } else { FsyncPolicy::Off };
@@ -176,6 +191,7 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
             config: Arc::new(listener_config(&loaded.postgres, None)),
             statements: statements.clone(),
         }),
+        limits: crate::limits::Limits::new(loaded.limits.clone()),
     });
     bootstrap(&app).await?;
     app.reviews.load_access(&app.store.active_access_grants(now_ms()).await?);
@@ -236,6 +252,16 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let grace = loaded.shutdown_grace;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::reviews::expire_until(app.clone(), stop_rx.clone()));
+    let (limits, mut stop) = (app.limits.clone(), stop_rx.clone());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = every.tick() => limits.prune(),
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+    });
     let server = listener.map(|listener| {
         let mut stop = stop_rx.clone();
         let router = crate::api::router(app.clone());
@@ -341,6 +367,8 @@ fn listener_config(
         max_message: limits.max_message,
         max_backend_message: 1 << 30,
         connect_timeout: limits.connect_timeout,
+        max_connections: limits.max_connections,
+        max_result_bytes: limits.max_result_bytes,
     }
 }
 

@@ -21,6 +21,9 @@ pub struct Gateway {
     env: Vec<(String, String)>,
     /// A configuration file passed with `--config`.
     config: Option<PathBuf>,
+    /// Copy the server's output into the log file (so the server itself writes no file but its
+    /// store: a file-size limit put on it hits only the store).
+    copiers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Every `GATEHOUSE_…` variable of the test process is removed from the servers and clients the
@@ -56,8 +59,16 @@ impl Gateway {
             }
             None => None,
         };
-        let mut gw =
-            Gateway { bin: bin.to_path_buf(), dir, child: None, port: 0, admin_token: String::new(), env, config };
+        let mut gw = Gateway {
+            bin: bin.to_path_buf(),
+            dir,
+            child: None,
+            port: 0,
+            admin_token: String::new(),
+            env,
+            config,
+            copiers: Vec::new(),
+        };
         start_on_free_port("gatehouse", |port| gw.spawn(port))?;
         gw.admin_token = std::fs::read_to_string(gw.data_dir().join("admin.token"))
             .context("reading admin.token")?
@@ -67,7 +78,8 @@ impl Gateway {
     }
 
     fn spawn(&mut self, port: u16) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let log_path = self.log_path();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let mut cmd = Command::new(&self.bin);
         clean_env(&mut cmd);
         cmd.arg("serve");
@@ -82,12 +94,21 @@ impl Gateway {
             .env("GATEHOUSE_LISTEN_POSTGRES", "")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
+        let stdout = child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>);
+        let stderr = child.stderr.take().map(|e| Box::new(e) as Box<dyn std::io::Read + Send>);
+        for mut output in [stdout, stderr].into_iter().flatten() {
+            let mut log = log.try_clone()?;
+            self.copiers.push(std::thread::spawn(move || {
+                let _ = std::io::copy(&mut output, &mut log);
+            }));
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait()? {
+                self.join_copiers();
                 let tail = crate::common::log_tail(&self.log_path(), 20);
                 if tail.contains("Address already in use") {
                     return Err(PortInUse { port, detail: tail }.into());
@@ -169,6 +190,18 @@ impl Gateway {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits until everything the exited server printed is in the log file.
+    fn join_copiers(&mut self) {
+        for copier in self.copiers.drain(..) {
+            let _ = copier.join();
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
     pub fn terminate(&mut self) -> Result<Option<i32>> {
         let Some(mut child) = self.child.take() else { bail!("not running") };
@@ -176,6 +209,7 @@ impl Gateway {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait()? {
+                self.join_copiers();
                 return Ok(status.code());
             }
             if Instant::now() > deadline {
@@ -191,6 +225,7 @@ impl Gateway {
         let Some(mut child) = self.child.take() else { bail!("not running") };
         child.kill()?;
         child.wait()?;
+        self.join_copiers();
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use gatehouse_audit::{AuditError, now_ms};
+use gatehouse_audit::AuditError;
 use gatehouse_auth::AuthError;
 use gatehouse_core::Identity;
 use gatehouse_store::StoreError;
@@ -19,7 +19,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::App;
+use crate::app::{App, SignInError};
 
 mod audit;
 mod connections;
@@ -63,6 +63,10 @@ pub enum ApiError {
     /// The resource refused the statement (syntax, a missing table, a constraint, …).
     #[error("{message}")]
     Statement { message: String, sqlstate: String },
+    /// Over one of the gateway's limits (request rate, sessions, failed sign-ins): 429, with
+    /// `Retry-After` in seconds when it is known.
+    #[error("{message}")]
+    Limited { message: String, retry_after: Option<u64> },
 }
 
 impl ApiError {
@@ -78,7 +82,8 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// `unauthenticated`, `forbidden`, `not_found`, `conflict`, `invalid`, `unavailable`, `internal`.
+    /// `unauthenticated`, `forbidden`, `review_pending`, `not_found`, `conflict`, `invalid`,
+    /// `rate_limited`, `upstream_unavailable`, `unavailable`, `internal`.
     pub code: String,
     pub message: String,
     /// For `forbidden`: the `@id`s of the deciding policies.
@@ -98,13 +103,17 @@ pub struct ErrorDetail {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.to_string();
-        let (mut review_id, mut sqlstate) = (None, None);
+        let (mut review_id, mut sqlstate, mut retry_after) = (None, None, None);
         let (status, code, policies, problems) = match self {
             ApiError::ReviewPending { review_id: id, .. } => {
                 review_id = Some(id);
                 (StatusCode::FORBIDDEN, "review_pending", None, None)
             }
             ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable", None, None),
+            ApiError::Limited { retry_after: after, .. } => {
+                retry_after = after;
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited", None, None)
+            }
             ApiError::Statement { sqlstate: state, .. } => {
                 sqlstate = Some(state);
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid", None, None)
@@ -127,6 +136,11 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if let Some(seconds) = retry_after
+            && let Ok(value) = axum::http::HeaderValue::from_str(&seconds.max(1).to_string())
+        {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -201,20 +215,30 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers)?;
-        let method = if gatehouse_auth::oidc::looks_like_jwt(token) { "oidc" } else { "token" };
-        let result = app.auth.authenticate(token, now_ms()).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(AuthError::Expired) => "expired",
-            Err(AuthError::Unavailable(_)) => "unavailable",
-            Err(_) => "refused",
-        };
-        app.metrics.authentication(method, outcome);
-        match result {
-            Ok(identity) => Ok(Caller(identity)),
-            Err(AuthError::Unavailable(e)) => Err(ApiError::Unavailable(e)),
-            Err(e) => Err(ApiError::Unauthenticated(e.to_string())),
+        let source = parts.extensions.get::<axum::extract::ConnectInfo<ClientAddr>>().map(|c| c.0.0.ip());
+        sign_in(app, token, source).await.map(Caller)
+    }
+}
+
+/// Checks an API caller's bearer token under the sign-in limits of its address.
+pub async fn sign_in(app: &App, token: &str, source: Option<std::net::IpAddr>) -> Result<Identity, ApiError> {
+    let method = if gatehouse_auth::oidc::looks_like_jwt(token) { "oidc" } else { "token" };
+    let result = app.sign_in(token, source, None).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(SignInError::Limited(_)) => "locked",
+        Err(SignInError::Auth(AuthError::Expired)) => "expired",
+        Err(SignInError::Auth(AuthError::Unavailable(_))) => "unavailable",
+        Err(_) => "refused",
+    };
+    app.metrics.authentication(method, outcome);
+    match result {
+        Ok(identity) => Ok(identity),
+        Err(SignInError::Limited(r)) => {
+            Err(ApiError::Limited { message: r.message, retry_after: r.retry_after.map(|d| d.as_secs() + 1) })
         }
+        Err(SignInError::Auth(AuthError::Unavailable(e))) => Err(ApiError::Unavailable(e)),
+        Err(SignInError::Auth(e)) => Err(ApiError::Unauthenticated(e.to_string())),
     }
 }
 
@@ -335,6 +359,10 @@ async fn readyz(State(app): State<AppState>) -> Response {
     };
     if let Some(e) = app.audit.stats().fsync_failure() {
         let body = serde_json::json!({"status": "unavailable", "audit": format!("cannot force the audit trail to disk: {e}"), "audit_chain": chain});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    if let Some(e) = app.audit.stats().failing() {
+        let body = serde_json::json!({"status": "unavailable", "audit": format!("the audit trail cannot be written: {e}; requests are refused until it can"), "audit_chain": chain});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
     match app.store.ping().await {
