@@ -1,6 +1,7 @@
 //! The crate's one error type.
 
-/// Everything that can go wrong while configuring masking. Masking itself never fails.
+/// Everything that can go wrong while configuring masking, and the ways a streamed JSON document
+/// can be refused ([`JsonStream`](crate::JsonStream) fails closed). Masking text never fails.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MaskError {
     /// A detector name that is none of the built-in names and not `custom:NAME`.
@@ -43,6 +44,34 @@ pub enum MaskError {
         /// The pattern as given.
         pattern: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// A JSON path of a whole-value rule that does not parse ([`JsonPath`](crate::JsonPath)).
+    #[error("JSON path `{pattern}`: {reason}")]
+    JsonPath {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A streamed JSON document that is not valid JSON: a syntax error, invalid UTF-8, an
+    /// unpaired surrogate, trailing characters after the value, or an end before the value is
+    /// complete. The reason never quotes the document.
+    #[error("invalid JSON at byte {offset}: {reason}")]
+    InvalidJson {
+        /// Bytes of the document consumed before the error (0-based offset of the offending byte,
+        /// or the document's length when it ends early).
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A streamed JSON document beyond the limits that keep streamed masking's memory bounded:
+    /// a string (or number) longer than the string limit, or nesting deeper than the depth limit.
+    #[error("JSON document over a limit at byte {offset}: {reason}")]
+    JsonLimit {
+        /// Bytes of the document consumed before the limit was hit.
+        offset: u64,
+        /// Which limit.
         reason: String,
     },
     /// A built-in detector's own pattern failed to compile. This is a bug in this crate.

@@ -4,7 +4,9 @@
 //! is built once from a list of [`Detector`]s and rewrites any text into a masked form that keeps
 //! the value's shape (`j***@example.com`, `**** **** **** 4242`) but never the value, counting
 //! what it masked per detector ([`Counts`]). [`ColumnPattern`] parses the `schema.table.column`
-//! patterns of whole-column rules and [`mask_whole`] masks such a value.
+//! patterns of whole-column rules and [`mask_whole`] masks such a value. The [`stream`] module
+//! masks bodies chunk by chunk in bounded memory: JSON documents ([`JsonMasker`], with
+//! [`JsonPath`] rules masking whole values) and other text ([`TextMasker`]).
 //!
 //! Every protocol adapter (database rows, HTTP and MCP bodies, Redis replies, terminal output)
 //! uses this crate unchanged. It does no I/O and knows no protocol, policy or configuration
@@ -37,6 +39,7 @@ mod error;
 mod forms;
 mod masker;
 mod scan;
+pub mod stream;
 
 pub use column::{ColumnPattern, NamePattern};
 pub use counts::Counts;
@@ -44,6 +47,7 @@ pub use detector::{CustomPattern, Detector};
 pub use error::MaskError;
 pub use forms::WHOLE_MASK;
 pub use masker::{Finding, Masked, Masker};
+pub use stream::{JsonMasker, JsonPath, JsonStream, MaskTally, Step, TextMasker, TextStream};
 
 /// Builds a masker from a connection's detector list as it is written in settings: built-in
 /// names (`email`, `credit_card`, …) and custom detectors as `custom:NAME=REGEX` (everything
