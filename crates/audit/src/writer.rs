@@ -107,8 +107,11 @@ pub fn session_record(
 struct Job {
     entries: Vec<Entry>,
     reply: oneshot::Sender<Result<Vec<i64>, AuditError>>,
-    /// Someone waits on this commit before forwarding a request: commit without delay.
+    /// Someone waits on this commit: commit without delay.
     urgent: bool,
+    /// What it records already happened (a result, a session's end): if the commit fails, it
+    /// is kept and tried again rather than answered with the error.
+    kept: bool,
 }
 
 /// How long entries that nothing waits for (results of requests already forwarded) may wait
@@ -278,7 +281,7 @@ impl AuditWriter {
     /// they are committed. An error means they were not recorded: do not forward the request.
     pub async fn record(&self, entries: Vec<Entry>) -> Result<Vec<i64>, AuditError> {
         let (reply, rx) = oneshot::channel();
-        self.shared.enqueue(Job { entries, reply, urgent: true })?;
+        self.shared.enqueue(Job { entries, reply, urgent: true, kept: false })?;
         if !self.shared.commit_queued(true).await {
             // Entries nothing waits for may have been put back: the background task retries.
             let _ = self.later.try_send(());
@@ -291,7 +294,7 @@ impl AuditWriter {
     /// milliseconds, so they do not cost a commit of their own under load.
     pub async fn record_later(&self, entries: Vec<Entry>) -> Result<Vec<i64>, AuditError> {
         let (reply, rx) = oneshot::channel();
-        self.enqueue_later(Job { entries, reply, urgent: false })?;
+        self.enqueue_later(Job { entries, reply, urgent: false, kept: true })?;
         rx.await.map_err(|_| AuditError::Stopped)?
     }
 
@@ -300,7 +303,7 @@ impl AuditWriter {
     /// queue is full.
     pub fn record_detached(&self, entries: Vec<Entry>) -> Result<(), AuditError> {
         let (reply, _) = oneshot::channel();
-        self.enqueue_later(Job { entries, reply, urgent: false })
+        self.enqueue_later(Job { entries, reply, urgent: false, kept: true })
     }
 
     fn enqueue_later(&self, job: Job) -> Result<(), AuditError> {
@@ -308,6 +311,18 @@ impl AuditWriter {
         // Full: a wake-up is pending already, and it covers this job too.
         let _ = self.later.try_send(());
         Ok(())
+    }
+
+    /// Records entries of something that already happened (a session's end) without delay,
+    /// and returns once they are committed. If the store fails, they are kept and tried again
+    /// until it recovers, and this waits until then.
+    pub async fn record_kept(&self, entries: Vec<Entry>) -> Result<Vec<i64>, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.shared.enqueue(Job { entries, reply, urgent: true, kept: true })?;
+        if !self.shared.commit_queued(true).await {
+            let _ = self.later.try_send(());
+        }
+        rx.await.map_err(|_| AuditError::Stopped)?
     }
 
     /// Records one entry.
@@ -356,11 +371,12 @@ impl Shared {
         jobs
     }
 
-    /// Puts jobs of a failed batch back at the head of the queue, in their order.
+    /// Puts jobs of a failed batch back at the head of the queue, in their order. They are no
+    /// longer urgent: the background task retries them.
     fn requeue(&self, jobs: Vec<Job>) {
         let mut q = self.queue();
-        for job in jobs.into_iter().rev() {
-            q.urgent += usize::from(job.urgent);
+        for mut job in jobs.into_iter().rev() {
+            job.urgent = false;
             q.jobs.push_front(job);
         }
         self.stats.queued.store(q.jobs.len(), Ordering::Relaxed);
@@ -512,7 +528,7 @@ impl Task {
         let mut retry = Vec::new();
         for (job, mine) in jobs.into_iter().zip(seqs) {
             match &result {
-                Err(_) if unstored && !job.urgent => retry.push(job),
+                Err(_) if unstored && job.kept => retry.push(job),
                 _ => {
                     let _ = job.reply.send(result.clone().map(|()| mine));
                 }
