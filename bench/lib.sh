@@ -72,7 +72,8 @@ start_gatehouse() {
     local api=$1 listen=$2
     shift 2
     env -u GATEHOUSE_TOKEN -u GATEHOUSE_SERVER GATEHOUSE_LISTEN_API="127.0.0.1:$api" \
-        GATEHOUSE_LISTEN_POSTGRES="127.0.0.1:$listen" GATEHOUSE_LOG_LEVEL=warn "$@" \
+        GATEHOUSE_LISTEN_POSTGRES="127.0.0.1:$listen" GATEHOUSE_LISTEN_HTTP="${GATEHOUSE_LISTEN_HTTP:-}" \
+        GATEHOUSE_LOG_LEVEL=warn "$@" \
         "$GATEHOUSE" serve --data-dir "$TMP/gw" >"$TMP/gatehouse.log" 2>&1 &
     GW_PID=$!
     pids+=("$GW_PID")

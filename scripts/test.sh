@@ -50,6 +50,13 @@ if ! python3 -c 'import mcp.client.streamable_http' >/dev/null 2>&1; then
         || python3 -m pip install --quiet --break-system-packages 'mcp==1.30.0'
 fi
 
+# httpx, the Python HTTP client the HTTP adapter's tests drive the gateway with (the MCP SDK
+# above usually brings it).
+if ! python3 -c 'import httpx' >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'httpx==0.28.1' \
+        || python3 -m pip install --quiet --break-system-packages 'httpx==0.28.1'
+fi
+
 # The OIDC provider the tests run (an npm package, pinned by its lockfile).
 if [ ! -d crates/testkit/oidc/node_modules/oauth2-mock-server ]; then
     npm ci --prefix crates/testkit/oidc --no-audit --no-fund

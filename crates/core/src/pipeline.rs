@@ -63,6 +63,24 @@ pub struct UpstreamTarget {
     pub ca_file: Option<String>,
     /// What to stamp into the upstream session so the resource's own logs name the caller.
     pub stamp: String,
+    /// The base URL, for resources reached by URL (HTTP, Kubernetes).
+    pub url: Option<String>,
+    /// How the credential is presented.
+    pub form: CredentialForm,
+}
+
+/// How a resource credential is presented upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CredentialForm {
+    /// A password with `user` (for HTTP: basic authentication).
+    #[default]
+    Password,
+    /// A private key (SSH).
+    KeyFile,
+    /// An HTTP header with this name.
+    Header(String),
+    /// `Authorization: Bearer`.
+    Bearer,
 }
 
 impl fmt::Debug for UpstreamTarget {
@@ -73,6 +91,8 @@ impl fmt::Debug for UpstreamTarget {
             .field("database", &self.database)
             .field("user", &self.user)
             .field("tls_mode", &self.tls_mode)
+            .field("url", &self.url)
+            .field("form", &self.form)
             .finish_non_exhaustive()
     }
 }
@@ -208,6 +228,22 @@ pub struct Hold {
     pub notice: String,
 }
 
+/// A held request that was not approved during its hold.
+#[derive(Debug, Clone)]
+pub struct Unapproved {
+    /// What to tell the caller: the review and why.
+    pub message: String,
+    /// The review still waits for a decision: the same request may be sent again once it is
+    /// approved (HTTP `review_pending`). Otherwise it was denied or expired, or cannot be used.
+    pub pending: bool,
+}
+
+impl Unapproved {
+    pub fn closed(message: impl Into<String>) -> Unapproved {
+        Unapproved { message: message.into(), pending: false }
+    }
+}
+
 /// What happened to a request that ran.
 #[derive(Debug, Clone, Default)]
 pub struct RequestResult {
@@ -238,14 +274,14 @@ pub trait Pipeline: Send + Sync + 'static {
 
     /// Holds a request that needs review until the review is decided, the hold time passes, or
     /// the session ends. `Ok` when approved: the request is recorded again as allowed by the
-    /// grant and may be forwarded. `Err` with the message for the caller otherwise (denied,
-    /// expired, still pending: the caller may re-run the same request once it is approved).
+    /// grant and may be forwarded. `Err` otherwise (denied, expired, still pending: the caller
+    /// may re-run the same request once it is approved).
     fn hold(
         &self,
         session: &OpenedSession,
         hold: &Hold,
         req: &Request,
-    ) -> impl Future<Output = Result<Verdict, String>> + Send;
+    ) -> impl Future<Output = Result<Verdict, Unapproved>> + Send;
 
     /// Decides a request without recording it: for a check ahead of the real one (a prepared
     /// statement at `Parse`, decided and recorded again each time it runs).

@@ -837,7 +837,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
         let notice = messages::notice_response(Severity::Notice, "00000", &hold.notice, None, None);
         self.send_client(&notice).await?;
         self.flush().await?;
-        Ok(self.pipeline.hold(self.session, hold, request).await)
+        Ok(self.pipeline.hold(self.session, hold, request).await.map_err(|u| u.message))
     }
 
     /// The answer when a request could not be recorded: it is not forwarded (fail closed).

@@ -16,7 +16,7 @@ const TOP_LEVEL: &[&str] = &["data_dir", "store"];
 /// (another tool's, or a section a later version adds) are ignored with a warning; a wrong key
 /// inside a known section stops the server.
 const SECTIONS: &[&str] =
-    &["listen", "tls", "audit", "log", "server", "oidc", "metrics", "postgres", "reviews", "limits"];
+    &["listen", "tls", "audit", "log", "server", "oidc", "metrics", "postgres", "http", "reviews", "limits"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,6 +30,7 @@ pub struct Config {
     pub oidc: Oidc,
     pub metrics: Metrics,
     pub postgres: Postgres,
+    pub http: Http,
     pub audit: Audit,
     pub log: Log,
     pub server: Server,
@@ -48,6 +49,7 @@ impl Default for Config {
             oidc: Oidc::default(),
             metrics: Metrics::default(),
             postgres: Postgres::default(),
+            http: Http::default(),
             audit: Audit::default(),
             log: Log::default(),
             server: Server::default(),
@@ -168,6 +170,33 @@ impl Default for Postgres {
             max_result_bytes: "0".into(),
         }
     }
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Deadline for connecting to an upstream API.
+    pub connect_timeout: String,
+    /// The longest an upstream may stay silent, before its answer or within its body.
+    pub read_timeout: String,
+    /// The largest request body a request that needs review may have (it is held back to
+    /// identify the exact request).
+    pub max_review_body: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http { connect_timeout: "10s".into(), read_timeout: "60s".into(), max_review_body: "1MiB".into() }
+    }
+}
+
+/// The HTTP listener's settings, checked.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub max_review_body: usize,
 }
 
 /// Limits on each caller, for every protocol. Zero turns a limit off.
@@ -398,6 +427,9 @@ pub struct Loaded {
     /// The PostgreSQL listener's address (`None`: disabled) and limits.
     pub postgres_addr: Option<SocketAddr>,
     pub postgres: PostgresLimits,
+    /// The HTTP listener's address (`None`: disabled) and settings.
+    pub http_addr: Option<SocketAddr>,
+    pub http: HttpSettings,
     pub shutdown_grace: Duration,
     pub fsync_each_batch: bool,
     pub reviews: ReviewSettings,
@@ -511,6 +543,7 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
     let l = &config.listen;
     let mut api_addr = None;
     let mut postgres_addr = None;
+    let mut http_addr = None;
     for (key, value) in [
         ("api", &l.api),
         ("postgres", &l.postgres),
@@ -530,6 +563,9 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
         }
         if key == "postgres" {
             postgres_addr = Some(addr);
+        }
+        if key == "http" {
+            http_addr = Some(addr);
         }
     }
     let tls = match (config.tls.cert.is_empty(), config.tls.key.is_empty()) {
@@ -557,6 +593,18 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
             ),
         ));
     }
+    if let Some(addr) = http_addr
+        && !addr.ip().is_loopback()
+        && tls.is_none()
+        && !l.allow_plaintext
+    {
+        return Err(err(
+            "listen.http",
+            format!(
+                "{addr} is not a loopback address; callers' tokens would travel in clear. Configure [tls] cert and key, or set listen.allow_plaintext = true"
+            ),
+        ));
+    }
     let oidc = oidc_settings(&config.oidc, &err)?;
     let pg = &config.postgres;
     let duration = |key: &str, v: &str| humantime::parse_duration(v).map_err(|e| err(key, format!("{v:?}: {e}")));
@@ -581,6 +629,13 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
         },
     };
     let limits = limit_settings(&config.limits, &err)?;
+    let h = &config.http;
+    let http = HttpSettings {
+        connect_timeout: duration("http.connect_timeout", &h.connect_timeout)?,
+        read_timeout: duration("http.read_timeout", &h.read_timeout)?,
+        max_review_body: parse_size(&h.max_review_body)
+            .ok_or_else(|| err("http.max_review_body", format!("{:?} is not a size like 1MiB", h.max_review_body)))?,
+    };
     let fsync_each_batch = match config.audit.fsync.as_str() {
         "batch" => true,
         "off" => false,
@@ -603,6 +658,8 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
         oidc,
         postgres_addr,
         postgres,
+        http_addr,
+        http,
         shutdown_grace,
         fsync_each_batch,
         reviews,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use gatehouse_core::pipeline::{
-    Hold, OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult, Verdict,
+    Hold, OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult, Unapproved as HoldEnded, Verdict,
 };
 use gatehouse_core::{Decision, Outcome, Resource};
 use gatehouse_proto_postgres::{ExecError, ExecStatement, ListenerConfig, SqlStatements};
@@ -55,7 +55,6 @@ struct Unapproved {
 
 /// The data path with a window on its decisions.
 struct Watched {
-    app: Arc<App>,
     inner: DataPath,
     seen: Mutex<Seen>,
     /// Told the review id when a request starts to be held.
@@ -83,15 +82,17 @@ impl Pipeline for Watched {
         Ok(verdict)
     }
 
-    async fn hold(&self, session: &OpenedSession, hold: &Hold, req: &Request) -> Result<Verdict, String> {
+    async fn hold(&self, session: &OpenedSession, hold: &Hold, req: &Request) -> Result<Verdict, HoldEnded> {
         if let Some(tx) = &self.on_hold {
             let _ = tx.send(hold.review_id.clone());
         }
         let result = self.inner.hold(session, hold, req).await;
-        if let Err(why) = &result {
-            let review = self.app.store.get_review(&hold.review_id).await.ok().flatten();
-            let pending = review.is_some_and(|r| r.status == gatehouse_store::ReviewStatus::Pending);
-            self.seen().unapproved = Some(Unapproved { review_id: hold.review_id.clone(), why: why.clone(), pending });
+        if let Err(ended) = &result {
+            self.seen().unapproved = Some(Unapproved {
+                review_id: hold.review_id.clone(),
+                why: ended.message.clone(),
+                pending: ended.pending,
+            });
         }
         result
     }
@@ -190,8 +191,7 @@ pub async fn run(
     if statement.max_rows == 0 || statement.max_rows > MAX_ROWS_LIMIT {
         return Err(ApiError::invalid(format!("max_rows must be between 1 and {MAX_ROWS_LIMIT}")));
     }
-    let watched =
-        Arc::new(Watched { app: app.clone(), inner: DataPath::new(app.clone()), seen: Mutex::default(), on_hold });
+    let watched = Arc::new(Watched { inner: DataPath::new(app.clone()), seen: Mutex::default(), on_hold });
     let open = open_request(token, client_addr, connection, via);
     let output =
         gatehouse_proto_postgres::exec(watched.clone(), settings.statements, settings.config, open, statement).await;

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use gatehouse_audit::{Entry, new_session_id, now_ms, session_record};
 use gatehouse_auth::AuthError;
 use gatehouse_core::pipeline::{
-    Hold, OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult, UpstreamTarget, Verdict,
+    CredentialForm, Hold, OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult, Unapproved,
+    UpstreamTarget, Verdict,
 };
 use gatehouse_core::{AuthzRequest, ConnectionInfo, Decision, Identity, IdentityKind, Outcome, Resource};
-use gatehouse_store::ConnectionRecord;
+use gatehouse_store::{ConnectionRecord, SecretKind};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -140,7 +141,7 @@ impl DataPath {
         &self,
         conn: &ConnectionRecord,
         identity: &Identity,
-    ) -> Result<(Option<String>, Option<String>), OpenError> {
+    ) -> Result<(Option<String>, Option<String>, CredentialForm), OpenError> {
         let chosen = conn.credentials.iter().find(|c| c.groups.iter().any(|g| identity.groups.contains(g)));
         let (user, sealed, aad) = match chosen {
             Some(c) => (
@@ -149,6 +150,12 @@ impl DataPath {
                 format!("connection/{}/credential/{}", conn.name, c.name),
             ),
             None => (conn.user.clone(), conn.secret.clone(), format!("connection/{}/default", conn.name)),
+        };
+        let form = match sealed.as_ref().map(|s| &s.kind) {
+            Some(SecretKind::Bearer) => CredentialForm::Bearer,
+            Some(SecretKind::Header { name }) => CredentialForm::Header(name.clone()),
+            Some(SecretKind::KeyFile) => CredentialForm::KeyFile,
+            Some(SecretKind::Password) | None => CredentialForm::Password,
         };
         let password = match sealed {
             Some(s) => Some(
@@ -161,7 +168,7 @@ impl DataPath {
             ),
             None => None,
         };
-        Ok((user, password))
+        Ok((user, password, form))
     }
 }
 
@@ -214,7 +221,12 @@ impl DataPath {
 
     /// Waits for the review of a held request: approved (the request runs, using the grant),
     /// denied, expired, still pending when the hold ends, or the session ended meanwhile.
-    async fn wait_for_review(&self, session: &OpenedSession, hold: &Hold, req: &Request) -> Result<Verdict, String> {
+    async fn wait_for_review(
+        &self,
+        session: &OpenedSession,
+        hold: &Hold,
+        req: &Request,
+    ) -> Result<Verdict, Unapproved> {
         let deadline = tokio::time::Instant::now() + self.app.reviews.settings().hold;
         let ended = self.ended(session);
         tokio::pin!(ended);
@@ -222,8 +234,8 @@ impl DataPath {
             let mut changes = self.app.reviews.watch(&hold.review_id);
             let review = match self.app.store.get_review(&hold.review_id).await {
                 Ok(Some(r)) => r,
-                Ok(None) => return Err(format!("review {} no longer exists", hold.review_id)),
-                Err(e) => return Err(format!("reviews are unavailable: {e}")),
+                Ok(None) => return Err(Unapproved::closed(format!("review {} no longer exists", hold.review_id))),
+                Err(e) => return Err(Unapproved::closed(format!("reviews are unavailable: {e}"))),
             };
             if review.status == gatehouse_store::ReviewStatus::Approved {
                 let decision = Decision {
@@ -232,17 +244,22 @@ impl DataPath {
                     approvers: vec![],
                     errors: vec![],
                 };
-                if let Some(verdict) = self.run_granted(session, req, &decision, Some(&review.id)).await? {
+                if let Some(verdict) =
+                    self.run_granted(session, req, &decision, Some(&review.id)).await.map_err(Unapproved::closed)?
+                {
                     return Ok(verdict);
                 }
             }
             if review.status != gatehouse_store::ReviewStatus::Pending {
-                return Err(crate::reviews::refusal(&review));
+                return Err(Unapproved::closed(crate::reviews::refusal(&review)));
             }
+            let pending = |message: String| Unapproved { message, pending: true };
             tokio::select! {
                 _ = changes.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => return Err(crate::reviews::refusal(&review)),
-                reason = &mut ended => return Err(format!("the session ended while the request was held: {reason}")),
+                _ = tokio::time::sleep_until(deadline) => return Err(pending(crate::reviews::refusal(&review))),
+                reason = &mut ended => {
+                    return Err(pending(format!("the session ended while the request was held: {reason}")));
+                }
             }
         }
     }
@@ -401,12 +418,13 @@ impl Pipeline for DataPath {
             };
             return Err(self.refuse(&req, Some(&identity), err).await);
         }
-        let (user, password) = match self.credential(&conn, &identity) {
+        let (user, password, form) = match self.credential(&conn, &identity) {
             Ok(c) => c,
             Err(e) => return Err(self.refuse(&req, Some(&identity), e).await),
         };
-        let (host, port) = match (conn.host.clone(), conn.port) {
-            (Some(h), Some(p)) => (h, p),
+        let (host, port) = match (conn.host.clone(), conn.port, &conn.url) {
+            (Some(h), Some(p), _) => (h, p),
+            (_, _, Some(_)) => (String::new(), 0),
             _ => {
                 return Err(self
                     .refuse(&req, Some(&identity), OpenError::Unavailable("connection has no address".into()))
@@ -466,6 +484,8 @@ impl Pipeline for DataPath {
                 tls_mode: conn.tls_mode.clone(),
                 ca_file: conn.ca_file.clone(),
                 stamp,
+                url: conn.url.clone(),
+                form,
             },
             mask: conn.mask.clone(),
             mask_columns: conn.mask_columns.clone(),
@@ -508,7 +528,7 @@ impl Pipeline for DataPath {
         Ok(Verdict { seq, decision, held: None, grant: None, limited: None })
     }
 
-    async fn hold(&self, session: &OpenedSession, hold: &Hold, req: &Request) -> Result<Verdict, String> {
+    async fn hold(&self, session: &OpenedSession, hold: &Hold, req: &Request) -> Result<Verdict, Unapproved> {
         self.app.metrics.held(1);
         let result = self.wait_for_review(session, hold, req).await;
         self.app.metrics.held(-1);
@@ -565,9 +585,9 @@ impl Pipeline for DataPath {
 
     async fn close(&self, session: &OpenedSession, reason: &str) {
         self.app.live.remove(&session.id);
-        // Nothing waits on it to act, so it is kept and retried if the store fails now.
+        // It happened: if the store fails now, it is kept and retried.
         let entry = Entry::session_end(&session.id, reason);
-        if let Err(e) = self.app.audit.record_later(vec![entry]).await {
+        if let Err(e) = self.app.audit.record_kept(vec![entry]).await {
             tracing::error!(session = %session.id, error = %e, "a session end could not be recorded");
         }
     }

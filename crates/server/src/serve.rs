@@ -303,6 +303,29 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         tokio::spawn(gatehouse_proto_postgres::serve(listener, config, pipeline, statements, stop_rx.clone()));
     }
 
+    if let Some(addr) = loaded.http_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (listen.http)"))?;
+        let tls = match (&loaded.config.tls.cert, &loaded.config.tls.key) {
+            (c, k) if !c.is_empty() && !k.is_empty() => Some(
+                crate::tls::server_config(Path::new(c), Path::new(k), &[b"h2", b"http/1.1"])
+                    .map_err(|e| anyhow::anyhow!("TLS for the HTTP listener: {e}"))?,
+            ),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(addr = %listener.local_addr()?, scheme, "HTTP listening");
+        let config = Arc::new(gatehouse_proto_http::ListenerConfig {
+            tls,
+            connect_timeout: loaded.http.connect_timeout,
+            read_timeout: loaded.http.read_timeout,
+            max_review_body: loaded.http.max_review_body,
+        });
+        let pipeline = Arc::new(crate::pipeline::DataPath::new(app.clone()));
+        tokio::spawn(gatehouse_proto_http::serve(listener, config, pipeline, stop_rx.clone()));
+    }
+
     let signal = shutdown_signal().await;
     tracing::info!(%signal, grace = ?grace, "draining: listeners closed, open requests may finish");
     let _ = stop_tx.send(true);

@@ -92,6 +92,7 @@ impl Gateway {
             .env("GATEHOUSE_AUDIT_FSYNC", "off")
             // Protocol listeners stay off unless a test asks for one (on a port it picked).
             .env("GATEHOUSE_LISTEN_POSTGRES", "")
+            .env("GATEHOUSE_LISTEN_HTTP", "")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

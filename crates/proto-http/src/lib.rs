@@ -1,0 +1,251 @@
+//! The HTTP adapter: callers reach an HTTP API at `/CONNECTION/rest/of/path` with their own
+//! bearer token, and never hold the API's key. Each request's path is normalised (so the path
+//! decided is the path served), decided by the pipeline as `http.<method>` on
+//! `Path::"CONNECTION/rest/of/path"`, held for review when policy says so, recorded, and
+//! forwarded to the connection's URL with the stored credential injected and the caller's own
+//! credentials, identity claims and method overrides removed. Bodies stream both ways; the
+//! response is masked on its way back (JSON by detectors and JSON-path rules, other text by
+//! detectors; compressed bodies are decoded to be masked).
+//!
+//! A caller's TCP connection keeps one gateway session per token and connection it uses, so a
+//! keep-alive client is authenticated once. This crate knows no policy, storage or masking
+//! rules of its own: it asks the [`Pipeline`] and uses `gatehouse-mask`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse_core::pipeline::{OpenError, OpenRequest, OpenedSession, Pipeline};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+mod body;
+mod error;
+mod forward;
+pub mod headers;
+pub mod path;
+mod request;
+
+pub use error::Refusal;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every answer.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// How the listener behaves.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Serve HTTPS with this; `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Deadline for connecting to the upstream.
+    pub connect_timeout: Duration,
+    /// The longest the upstream may stay silent (before its answer, or within its body).
+    pub read_timeout: Duration,
+    /// The largest request body held back so a request that needs review is identified by its
+    /// exact body (bigger ones are refused with 413 when they need review).
+    pub max_review_body: usize,
+}
+
+/// The sessions one caller's TCP connection opened: one per token and connection.
+struct Sessions {
+    open: Mutex<HashMap<(String, String), Arc<OpenedSession>>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<OpenedSession>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What every request of the listener shares.
+pub(crate) struct Shared<P: Pipeline> {
+    pub pipeline: Arc<P>,
+    pub config: Arc<ListenerConfig>,
+    pub clients: forward::Clients,
+    pub maskers: request::Maskers,
+}
+
+/// Accepts callers until `shutdown` turns true, then stops accepting; open connections go on
+/// until they end.
+pub async fn serve<P: Pipeline>(
+    listener: TcpListener,
+    config: Arc<ListenerConfig>,
+    pipeline: Arc<P>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let shared = Arc::new(Shared {
+        pipeline,
+        config,
+        clients: forward::Clients::default(),
+        maskers: request::Maskers::default(),
+    });
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move { connection(stream, peer, shared).await });
+    }
+}
+
+async fn connection<P: Pipeline>(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared<P>>) {
+    let sessions = Arc::new(Sessions { open: Mutex::default() });
+    let tls = shared.config.tls.clone();
+    let served = match tls {
+        Some(config) => match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+            Ok(s) => serve_connection(hyper_util::rt::TokioIo::new(s), peer, true, &shared, &sessions).await,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+        },
+        None => serve_connection(hyper_util::rt::TokioIo::new(stream), peer, false, &shared, &sessions).await,
+    };
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
+    let open: Vec<Arc<OpenedSession>> = sessions.lock().drain().map(|(_, s)| s).collect();
+    for session in open {
+        shared.pipeline.close(&session, "the caller closed the connection").await;
+    }
+}
+
+async fn serve_connection<P: Pipeline, I>(
+    io: I,
+    peer: SocketAddr,
+    tls: bool,
+    shared: &Arc<Shared<P>>,
+    sessions: &Arc<Sessions>,
+) -> Result<(), BoxError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (shared, sessions) = (shared.clone(), sessions.clone());
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (shared, sessions) = (shared.clone(), sessions.clone());
+        async move { Ok::<_, std::convert::Infallible>(handle(req, peer, tls, &shared, &sessions).await) }
+    });
+    hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(io, service)
+        .await
+}
+
+/// The bearer token of a request.
+fn bearer(req: &Request<Incoming>) -> Result<String, Refusal> {
+    let header = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .ok_or_else(|| Refusal::unauthenticated("missing bearer token (Authorization: Bearer TOKEN)"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Refusal::unauthenticated("the Authorization header must be 'Bearer TOKEN'"))
+}
+
+fn token_key(token: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The session for this token and connection on this caller connection, opened at first use
+/// (and again after it was ended: killed, identity removed or rotated, credential expired).
+async fn session<P: Pipeline>(
+    shared: &Arc<Shared<P>>,
+    sessions: &Arc<Sessions>,
+    token: String,
+    connection: &str,
+    peer: SocketAddr,
+    tls: bool,
+) -> Result<Arc<OpenedSession>, Refusal> {
+    let key = (token_key(&token), connection.to_string());
+    if let Some(s) = sessions.lock().get(&key).cloned() {
+        return Ok(s);
+    }
+    let opened = shared
+        .pipeline
+        .open(OpenRequest {
+            protocol: "http",
+            connection: connection.to_string(),
+            client_addr: Some(peer),
+            claimed_user: None,
+            secret: token,
+            tls,
+            masks_values: true,
+            masks_columns: true,
+            via: "wire",
+        })
+        .await;
+    let session = Arc::new(opened.map_err(|e| match e {
+        OpenError::Unauthenticated(m) => Refusal::unauthenticated(m),
+        OpenError::UnknownConnection(m) => Refusal::new(http::StatusCode::NOT_FOUND, "not_found", m),
+        OpenError::Forbidden { message, policies } => {
+            Refusal { policies, ..Refusal::new(http::StatusCode::FORBIDDEN, "forbidden", message) }
+        }
+        OpenError::Unavailable(m) => Refusal::unavailable(m),
+        OpenError::Limited { message, .. } => {
+            Refusal::new(http::StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    })?);
+    sessions.lock().insert(key.clone(), session.clone());
+    // When the session must end (killed, identity removed or rotated, token expired), the next
+    // request opens a new one, which authenticates again.
+    let (pipeline, watched, sessions) = (shared.pipeline.clone(), session.clone(), Arc::downgrade(sessions));
+    tokio::spawn(async move {
+        let reason = pipeline.ended(&watched).await;
+        let Some(sessions) = sessions.upgrade() else { return };
+        let removed = {
+            let mut open = sessions.lock();
+            match open.get(&key) {
+                Some(s) if Arc::ptr_eq(s, &watched) => open.remove(&key),
+                _ => None,
+            }
+        };
+        if let Some(s) = removed {
+            pipeline.close(&s, &reason).await;
+        }
+    });
+    Ok(session)
+}
+
+async fn handle<P: Pipeline>(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+    shared: &Arc<Shared<P>>,
+    sessions: &Arc<Sessions>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let routed = match path::route(req.uri().path()) {
+        Ok(r) => r,
+        Err(e) => return Refusal::bad_request(format!("{e}: {}", req.uri().path())).response(),
+    };
+    let token = match bearer(&req) {
+        Ok(t) => t,
+        Err(r) => return r.response(),
+    };
+    let session = match session(shared, sessions, token, &routed.connection, peer, tls).await {
+        Ok(s) => s,
+        Err(r) => return r.response(),
+    };
+    match request::run(shared, &session, req, routed, peer, tls, started).await {
+        Ok(response) => response,
+        Err(refusal) => refusal.response(),
+    }
+}
