@@ -27,10 +27,12 @@ mod body;
 mod error;
 mod forward;
 pub mod headers;
+mod oneoff;
 pub mod path;
 mod request;
 
 pub use error::Refusal;
+pub use oneoff::{OneOff, OneOffAnswer, exec};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every answer.
@@ -61,12 +63,24 @@ impl Sessions {
     }
 }
 
-/// What every request of the listener shares.
+/// Pooled upstream clients and built maskers, shared by the listener and one-off requests.
+#[derive(Default)]
+pub struct Upstreams {
+    clients: forward::Clients,
+    maskers: request::Maskers,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upstreams")
+    }
+}
+
+/// What every request shares.
 pub(crate) struct Shared<P: Pipeline> {
     pub pipeline: Arc<P>,
     pub config: Arc<ListenerConfig>,
-    pub clients: forward::Clients,
-    pub maskers: request::Maskers,
+    pub upstreams: Arc<Upstreams>,
 }
 
 /// Accepts callers until `shutdown` turns true, then stops accepting; open connections go on
@@ -75,14 +89,10 @@ pub async fn serve<P: Pipeline>(
     listener: TcpListener,
     config: Arc<ListenerConfig>,
     pipeline: Arc<P>,
+    upstreams: Arc<Upstreams>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let shared = Arc::new(Shared {
-        pipeline,
-        config,
-        clients: forward::Clients::default(),
-        maskers: request::Maskers::default(),
-    });
+    let shared = Arc::new(Shared { pipeline, config, upstreams });
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -171,8 +181,9 @@ async fn session<P: Pipeline>(
     sessions: &Arc<Sessions>,
     token: String,
     connection: &str,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
     tls: bool,
+    via: &'static str,
 ) -> Result<Arc<OpenedSession>, Refusal> {
     let key = (token_key(&token), connection.to_string());
     if let Some(s) = sessions.lock().get(&key).cloned() {
@@ -183,13 +194,13 @@ async fn session<P: Pipeline>(
         .open(OpenRequest {
             protocol: "http",
             connection: connection.to_string(),
-            client_addr: Some(peer),
+            client_addr: peer,
             claimed_user: None,
             secret: token,
             tls,
             masks_values: true,
             masks_columns: true,
-            via: "wire",
+            via,
         })
         .await;
     let session = Arc::new(opened.map_err(|e| match e {
@@ -240,11 +251,11 @@ async fn handle<P: Pipeline>(
         Ok(t) => t,
         Err(r) => return r.response(),
     };
-    let session = match session(shared, sessions, token, &routed.connection, peer, tls).await {
+    let session = match session(shared, sessions, token, &routed.connection, Some(peer), tls, "wire").await {
         Ok(s) => s,
         Err(r) => return r.response(),
     };
-    match request::run(shared, &session, req, routed, peer, tls, started).await {
+    match request::run(shared, &session, req, routed, Some(peer), tls, started).await {
         Ok(response) => response,
         Err(refusal) => refusal.response(),
     }

@@ -15,12 +15,11 @@ use gatehouse_core::{Outcome, Resource};
 use gatehouse_mask::{JsonMasker, JsonPath, Masker};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::body::{BodyMasker, Encoding, Relayed};
 use crate::path::RoutedPath;
-use crate::{Body, Refusal, Shared};
+use crate::{Body, BoxError, Refusal, Shared};
 
 /// The policy action of an HTTP method. `HEAD` and `OPTIONS` read like `GET`; other methods
 /// (`TRACE`, `CONNECT`, extensions) are refused.
@@ -164,12 +163,16 @@ fn describe(
 }
 
 /// The request body: streamed, or held back (to identify a request that needs review).
-enum Upload {
-    Streamed(Incoming),
+enum Upload<B> {
+    Streamed(B),
     Held(Bytes),
 }
 
-async fn hold_back(body: Incoming, max: usize) -> Result<Bytes, Refusal> {
+async fn hold_back<B>(body: B, max: usize) -> Result<Bytes, Refusal>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let limited = http_body_util::Limited::new(body, max);
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -187,15 +190,19 @@ fn refused<P: Pipeline>(shared: &Shared<P>, session: &OpenedSession, verdict: &V
     shared.pipeline.finish(session, verdict.seq, result);
 }
 
-pub(crate) async fn run<P: Pipeline>(
+pub(crate) async fn run<P: Pipeline, B>(
     shared: &Arc<Shared<P>>,
     session: &Arc<OpenedSession>,
-    req: Request<Incoming>,
+    req: Request<B>,
     routed: RoutedPath,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
     tls: bool,
     started: Instant,
-) -> Result<Response<Body>, Refusal> {
+) -> Result<Response<Body>, Refusal>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let method = req.method().clone();
     if action(&method).is_none() {
         return Err(Refusal::new(
@@ -206,7 +213,7 @@ pub(crate) async fn run<P: Pipeline>(
             ),
         ));
     }
-    let masks = masking(&shared.maskers, session)
+    let masks = masking(&shared.upstreams.maskers, session)
         .map_err(|e| Refusal::unavailable(format!("the connection's masking is invalid: {e}")))?;
     let query = req.uri().query().map(String::from);
     let (mut described, resource) =
@@ -289,6 +296,7 @@ pub(crate) async fn run<P: Pipeline>(
         return Err(Refusal::unavailable(format!("connection {:?} has no URL", session.connection)));
     };
     let client = shared
+        .upstreams
         .clients
         .get(base, target.ca_file.as_deref(), shared.config.connect_timeout, shared.config.read_timeout)
         .map_err(|e| {
@@ -300,7 +308,7 @@ pub(crate) async fn run<P: Pipeline>(
     let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(String::from);
     let identity = session.identity.entity_ref();
     let forwarded = crate::headers::Forwarded {
-        client_ip: Some(peer.ip().to_string()),
+        client_ip: peer.map(|p| p.ip().to_string()),
         proto: if tls { "https" } else { "http" },
         host,
         identity: &identity,
@@ -335,6 +343,7 @@ pub(crate) async fn run<P: Pipeline>(
         Upload::Streamed(incoming) => {
             let counter = bytes_in.clone();
             let stream = http_body_util::BodyDataStream::new(incoming).map(move |chunk| {
+                let chunk = chunk.map_err(Into::into);
                 if let Ok(c) = &chunk {
                     counter.fetch_add(c.len() as u64, Ordering::Relaxed);
                 }

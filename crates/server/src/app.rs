@@ -37,6 +37,9 @@ pub struct App {
     pub exec: Option<crate::exec::ExecSettings>,
     /// Limits on each caller.
     pub limits: Arc<crate::limits::Limits>,
+    /// What one-off HTTP requests (the exec API, agents' tools) run with: the HTTP listener's
+    /// settings and its pooled upstream clients.
+    pub http: crate::exec::HttpExec,
 }
 
 /// Why a sign-in did not succeed.

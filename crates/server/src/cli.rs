@@ -90,7 +90,8 @@ enum Command {
     Exec {
         /// The connection.
         name: String,
-        /// One SQL statement; $1, $2, … take --param values.
+        /// One SQL statement ($1, $2, … take --param values); for an HTTP connection, a request
+        /// line: 'GET /v1/invoices?status=open'.
         statement: String,
         /// A value for the next placeholder ($1 first); repeat for more. NULL is not expressible
         /// here: use the API for it.
@@ -99,6 +100,12 @@ enum Command {
         /// Rows returned at most (default 1000, at most 10000).
         #[arg(long)]
         max_rows: Option<usize>,
+        /// HTTP: the request body.
+        #[arg(long)]
+        body: Option<String>,
+        /// HTTP: a request header, 'Name: value'; repeat for more.
+        #[arg(long = "header", short = 'H', value_name = "HEADER")]
+        headers: Vec<String>,
         #[command(flatten)]
         json: JsonFlag,
     },
@@ -987,16 +994,41 @@ async fn client_command(c: &Client, command: &Command) -> Result<ExitCode, Failu
             }
         }
         Command::Reviews(cmd) => review_command(c, cmd).await?,
-        Command::Exec { name, statement, params, max_rows, json } => {
-            let mut body = json!({"sql": statement, "params": params});
-            if let Some(n) = max_rows {
-                body["max_rows"] = json!(n);
-            }
+        Command::Exec { name, statement, params, max_rows, body: http_body, headers, json } => {
+            let body = match http_request_line(statement) {
+                Some((method, path, query)) => {
+                    let mut header_map = serde_json::Map::new();
+                    for h in headers {
+                        let (k, v) =
+                            h.split_once(':').ok_or_else(|| anyhow::anyhow!("--header {h:?} is not 'Name: value'"))?;
+                        header_map.insert(k.trim().to_string(), json!(v.trim()));
+                    }
+                    json!({"method": method, "path": path, "query": query, "headers": header_map, "body": http_body})
+                }
+                None => {
+                    if http_body.is_some() || !headers.is_empty() {
+                        return Err(
+                            anyhow::anyhow!("--body and --header go with an HTTP request line ('GET /path')").into()
+                        );
+                    }
+                    let mut body = json!({"sql": statement, "params": params});
+                    if let Some(n) = max_rows {
+                        body["max_rows"] = json!(n);
+                    }
+                    body
+                }
+            };
             let v: Value = c
                 .call(reqwest::Method::POST, &format!("/api/v1/connections/{}/exec", path_part(name)), Some(body))
                 .await?;
             if json.json {
                 print_json(&v)?;
+            } else if v.get("status").is_some() {
+                eprintln!("HTTP {}", v["status"]);
+                match &v["body"] {
+                    Value::String(text) => out!("{text}"),
+                    other => outln!("{}", serde_json::to_string_pretty(other)?),
+                }
             } else {
                 print_result(&v);
             }
@@ -1177,4 +1209,21 @@ fn summarize(kind: &Value, data: &Value) -> String {
         "session.end" => s(&data["reason"]),
         _ => data.to_string(),
     }
+}
+
+/// `METHOD /path?query` as a request for an HTTP connection, or `None` (SQL).
+fn http_request_line(text: &str) -> Option<(String, String, Option<String>)> {
+    let (method, target) = text.trim().split_once(' ')?;
+    let target = target.trim();
+    if !target.starts_with('/') || target.contains(char::is_whitespace) {
+        return None;
+    }
+    if !["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"].contains(&method.to_ascii_uppercase().as_str()) {
+        return None;
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    };
+    Some((method.to_ascii_uppercase(), path, query))
 }

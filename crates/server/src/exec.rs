@@ -19,6 +19,161 @@ use crate::api::ApiError;
 use crate::app::App;
 use crate::pipeline::DataPath;
 
+/// What one-off HTTP requests share with the HTTP listener.
+#[derive(Debug, Clone)]
+pub struct HttpExec {
+    pub config: Arc<gatehouse_proto_http::ListenerConfig>,
+    pub upstreams: Arc<gatehouse_proto_http::Upstreams>,
+}
+
+/// The most bytes of an HTTP answer returned by the exec API or a tool.
+pub const MAX_HTTP_BODY: usize = 1024 * 1024;
+
+/// An HTTP request for the exec API or a tool.
+#[derive(Debug, Clone, Default, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCall {
+    /// `GET` (the default), `POST`, `PUT`, `PATCH`, `DELETE`, `HEAD` or `OPTIONS`.
+    pub method: Option<String>,
+    /// The path below the connection, e.g. `/v1/invoices/42`.
+    pub path: String,
+    /// Query parameters (each value a string), or a query string.
+    #[schema(value_type = Object)]
+    pub query: Option<serde_json::Value>,
+    /// Request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The body: a string is sent as it is, anything else as JSON.
+    #[schema(value_type = Object)]
+    pub body: Option<serde_json::Value>,
+}
+
+/// What an HTTP request returned.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HttpResult {
+    /// The session the request was recorded in.
+    pub session_id: String,
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    /// The answer, masked as the connection says: parsed when it is JSON, else text (or
+    /// base64 for bytes that are not UTF-8, with `body_base64` true).
+    #[schema(value_type = Object)]
+    pub body: serde_json::Value,
+    pub body_base64: bool,
+    /// The answer was longer than 1 MiB; the rest was not read.
+    pub truncated: bool,
+}
+
+/// Runs one HTTP request on connection `connection` as the caller behind `token`.
+pub async fn run_http(
+    app: &Arc<App>,
+    token: &str,
+    client_addr: Option<SocketAddr>,
+    connection: &str,
+    via: &'static str,
+    call: HttpCall,
+) -> Result<HttpResult, ApiError> {
+    use base64::Engine as _;
+    let method = call.method.as_deref().unwrap_or("GET").to_ascii_uppercase();
+    let method = http::Method::from_bytes(method.as_bytes())
+        .map_err(|_| ApiError::invalid(format!("method {method:?} is not an HTTP method")))?;
+    let query = match call.query {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(q)) => Some(q),
+        Some(serde_json::Value::Object(map)) => {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &map {
+                match v {
+                    serde_json::Value::String(s) => q.append_pair(k, s),
+                    other => q.append_pair(k, &other.to_string()),
+                };
+            }
+            Some(q.finish())
+        }
+        Some(_) => return Err(ApiError::invalid("query must be an object of strings or a query string")),
+    };
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &call.headers {
+        let name = http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| ApiError::invalid(format!("header name {k:?} is not valid")))?;
+        let value = http::HeaderValue::from_str(v)
+            .map_err(|_| ApiError::invalid(format!("the value of header {k:?} is not valid")))?;
+        headers.append(name, value);
+    }
+    let body = match call.body {
+        None | Some(serde_json::Value::Null) => bytes::Bytes::new(),
+        Some(serde_json::Value::String(s)) => bytes::Bytes::from(s),
+        Some(other) => {
+            if !headers.contains_key(http::header::CONTENT_TYPE) {
+                headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            }
+            bytes::Bytes::from(other.to_string())
+        }
+    };
+    let request = gatehouse_proto_http::OneOff { method, path: call.path, query, headers, body };
+    let pipeline = Arc::new(DataPath::new(app.clone()));
+    let answer = gatehouse_proto_http::exec(
+        pipeline,
+        app.http.config.clone(),
+        app.http.upstreams.clone(),
+        token,
+        client_addr,
+        connection,
+        via,
+        request,
+        MAX_HTTP_BODY,
+    )
+    .await
+    .map_err(api_error)?;
+    let is_json = answer
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+            essence == "application/json" || essence.ends_with("+json")
+        })
+        .unwrap_or(false);
+    let (body, body_base64) = match std::str::from_utf8(&answer.body) {
+        Ok(text) if is_json && !answer.truncated => match serde_json::from_str(text) {
+            Ok(v) => (v, false),
+            Err(_) => (serde_json::Value::String(text.to_string()), false),
+        },
+        Ok(text) => (serde_json::Value::String(text.to_string()), false),
+        Err(_) => (serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(&answer.body)), true),
+    };
+    let headers = answer
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    Ok(HttpResult {
+        session_id: answer.session_id,
+        status: answer.status,
+        headers,
+        body,
+        body_base64,
+        truncated: answer.truncated,
+    })
+}
+
+/// The HTTP adapter's refusal as the API answers it.
+fn api_error(r: gatehouse_proto_http::Refusal) -> ApiError {
+    match (r.status.as_u16(), r.code) {
+        (401, _) => ApiError::Unauthenticated(r.message),
+        (403, "review_pending") => {
+            ApiError::ReviewPending { message: r.message, review_id: r.review_id.unwrap_or_default() }
+        }
+        (403, _) => ApiError::Forbidden { message: r.message, policies: r.policies },
+        (404, _) => ApiError::NotFound(r.message),
+        (405, _) => ApiError::MethodNotAllowed(r.message),
+        (429, _) => ApiError::Limited { message: r.message, retry_after: r.retry_after },
+        (502 | 504, _) => ApiError::Upstream(r.message),
+        (503, _) => ApiError::Unavailable(r.message),
+        _ => ApiError::invalid(r.message),
+    }
+}
+
 /// What the exec path shares with the PostgreSQL listener.
 #[derive(Debug, Clone)]
 pub struct ExecSettings {

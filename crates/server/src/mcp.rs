@@ -1,7 +1,7 @@
 //! `/mcp`: the Model Context Protocol (Streamable HTTP, through `rmcp`) for agents, with bearer
 //! tokens. Each identity sees only the tools it may use: `query_<connection>` per PostgreSQL
-//! connection it may connect to, described with the tables it may read, plus `list_my_reviews`
-//! and `request_access`. A query runs through the exec path (the wire path's policy, holds,
+//! connection it may connect to, described with the tables it may read, `http_<connection>` per
+//! HTTP connection, plus `list_my_reviews` and `request_access`. A query runs through the exec path (the wire path's policy, holds,
 //! masking and recording); each tool call is also a request in a gateway session per MCP session.
 
 use std::sync::{Arc, Mutex};
@@ -109,8 +109,16 @@ fn tool_error(text: impl Into<String>) -> CallToolResponse {
 
 /// `query_<connection>`, with every character but letters and digits as `_`.
 pub fn tool_name(connection: &str) -> String {
-    let safe: String = connection.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    format!("query_{safe}")
+    format!("query_{}", safe_name(connection))
+}
+
+/// `http_<connection>`, the tool of an HTTP connection, named likewise.
+pub fn http_tool_name(connection: &str) -> String {
+    format!("http_{}", safe_name(connection))
+}
+
+fn safe_name(connection: &str) -> String {
+    connection.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
 }
 
 fn schema(value: Value) -> Arc<serde_json::Map<String, Value>> {
@@ -277,6 +285,29 @@ impl Gateway {
         }
     }
 
+    /// One HTTP request on an HTTP connection, through the exec path.
+    async fn http_call(
+        &self,
+        token: &str,
+        connection: &str,
+        arguments: &serde_json::Map<String, Value>,
+        context: &RequestContext<RoleServer>,
+    ) -> Call {
+        let call: crate::exec::HttpCall = match serde_json::from_value(Value::Object(arguments.clone())) {
+            Ok(c) => c,
+            Err(e) => {
+                return Call::Refused(format!("the arguments are not method, path, query, headers and body: {e}"));
+            }
+        };
+        match crate::exec::run_http(&self.app, token, Self::client_addr(context), connection, "mcp", call).await {
+            Ok(r) => serde_json::to_value(&r).map_err(|e| e.to_string()).into(),
+            Err(ApiError::ReviewPending { review_id, .. }) => Call::Held(format!(
+                "this request needs approval and was not approved in time (review {review_id}); once a person approves it, call this tool again with exactly the same arguments and it runs once"
+            )),
+            Err(e) => Call::Refused(e.to_string()),
+        }
+    }
+
     /// Records one tool call in the MCP session.
     async fn record_call(&self, session: &str, tool: &str, arguments: Value, outcome: &Call, started: Instant) {
         let (decision, result, error) = match outcome {
@@ -287,7 +318,8 @@ impl Gateway {
         let entry = Entry::request(
             session,
             json!({"action": format!("mcp.{tool}"), "tool": tool, "arguments": arguments, "decision": decision,
-                "rows": result.and_then(|v| v["row_count"].as_u64()), "error": error,
+                "rows": result.and_then(|v| v["row_count"].as_u64()),
+                "status": result.and_then(|v| v["status"].as_u64()), "error": error,
                 "exec_session": result.map(|v| v["session_id"].clone()),
                 "duration_ms": started.elapsed().as_secs_f64() * 1000.0}),
             decision != "allow",
@@ -363,6 +395,32 @@ impl ServerHandler for Gateway {
                 })),
             ));
         }
+        for conn in connections.iter().filter(|c| c.kind == "http") {
+            let info = ConnectionInfo { name: conn.name.clone(), kind: conn.kind.clone(), tags: conn.tags.clone() };
+            if !self.may_connect(&identity, &info) {
+                continue;
+            }
+            let about = if conn.description.is_empty() { String::new() } else { format!(" ({})", conn.description) };
+            let description = format!(
+                "Call the HTTP API {}{about} through the gateway, which adds its credentials. Requests policy does not allow are refused, some need a person's approval; values you may not see are masked in the answer.",
+                conn.name
+            );
+            tools.push(Tool::new(
+                http_tool_name(&conn.name),
+                description,
+                schema(json!({
+                    "type": "object",
+                    "properties": {
+                        "method": {"type": "string", "description": "GET (default), POST, PUT, PATCH or DELETE."},
+                        "path": {"type": "string", "description": "The path below the API's base, e.g. /v1/invoices/42."},
+                        "query": {"type": "object", "description": "Query parameters.", "additionalProperties": {"type": "string"}},
+                        "headers": {"type": "object", "description": "Request headers.", "additionalProperties": {"type": "string"}},
+                        "body": {"description": "The request body: a string, or JSON."},
+                    },
+                    "required": ["path"],
+                })),
+            ));
+        }
         tools.push(Tool::new(
             "list_my_reviews",
             "Your requests waiting for or decided by a person's approval: held queries and access requests, with their status.",
@@ -397,20 +455,24 @@ impl ServerHandler for Gateway {
         let started = Instant::now();
         let arguments = request.arguments.clone().unwrap_or_default();
         let tool = request.name.to_string();
-        let connection = match tool.strip_prefix("query_") {
-            Some(_) => self
-                .app
+        let connection = if tool.starts_with("query_") || tool.starts_with("http_") {
+            self.app
                 .store
                 .list_connections()
                 .await
                 .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
                 .into_iter()
-                .find(|c| c.kind == "postgres" && tool_name(&c.name) == tool)
-                .map(|c| c.name),
-            None => None,
+                .find(|c| {
+                    (c.kind == "postgres" && tool_name(&c.name) == tool)
+                        || (c.kind == "http" && http_tool_name(&c.name) == tool)
+                })
+                .map(|c| (c.name, c.kind))
+        } else {
+            None
         };
         let outcome: Call = match (tool.as_str(), &connection) {
-            (_, Some(conn)) => self.query(&token, conn, &arguments, &context).await,
+            (_, Some((conn, kind))) if kind == "http" => self.http_call(&token, conn, &arguments, &context).await,
+            (_, Some((conn, _))) => self.query(&token, conn, &arguments, &context).await,
             ("list_my_reviews", _) => Call::from({
                 let filter = ReviewFilter { status: None, requester: Some(identity.name.clone()), limit: 100 };
                 match self.app.store.list_reviews(filter).await {
@@ -437,7 +499,7 @@ impl ServerHandler for Gateway {
             }),
             _ => Call::Refused(format!("unknown tool {tool:?}")),
         };
-        let recorded = self.masked_arguments(connection.as_deref(), &arguments).await;
+        let recorded = self.masked_arguments(connection.as_ref().map(|(c, _)| c.as_str()), &arguments).await;
         self.record_call(&session, &tool, recorded, &outcome, started).await;
         Ok(match outcome {
             Call::Done(v) => CallToolResponse::Complete(CallToolResult::structured(v)),

@@ -192,6 +192,15 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
             statements: statements.clone(),
         }),
         limits: crate::limits::Limits::new(loaded.limits.clone()),
+        http: crate::exec::HttpExec {
+            config: Arc::new(gatehouse_proto_http::ListenerConfig {
+                tls: None,
+                connect_timeout: loaded.http.connect_timeout,
+                read_timeout: loaded.http.read_timeout,
+                max_review_body: loaded.http.max_review_body,
+            }),
+            upstreams: Arc::default(),
+        },
     });
     bootstrap(&app).await?;
     app.reviews.load_access(&app.store.active_access_grants(now_ms()).await?);
@@ -316,14 +325,10 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(addr = %listener.local_addr()?, scheme, "HTTP listening");
-        let config = Arc::new(gatehouse_proto_http::ListenerConfig {
-            tls,
-            connect_timeout: loaded.http.connect_timeout,
-            read_timeout: loaded.http.read_timeout,
-            max_review_body: loaded.http.max_review_body,
-        });
+        let config = Arc::new(gatehouse_proto_http::ListenerConfig { tls, ..(*app.http.config).clone() });
         let pipeline = Arc::new(crate::pipeline::DataPath::new(app.clone()));
-        tokio::spawn(gatehouse_proto_http::serve(listener, config, pipeline, stop_rx.clone()));
+        let upstreams = app.http.upstreams.clone();
+        tokio::spawn(gatehouse_proto_http::serve(listener, config, pipeline, upstreams, stop_rx.clone()));
     }
 
     let signal = shutdown_signal().await;

@@ -405,3 +405,80 @@ fn sessions_events(gw: &Gateway, identity: &str) -> Vec<Value> {
     }
     all
 }
+
+#[test]
+fn http_connections_through_the_exec_api_the_cli_and_mcp() {
+    let s = Setup::start();
+    let exec = format!("{}/api/v1/connections/api/exec", s.gw.url());
+    // The exec API: the same decision, credential, masking and recording as the listener.
+    let r = curl("POST", &exec, Some(&s.app), Some(r#"{"method": "GET", "path": "/v1/customers"}"#));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["body"]["customers"][0]["email"], "a***@example.com", "{v}");
+    assert_eq!(v["body"]["customers"][0]["address"], gatehouse_mask::WHOLE_MASK);
+    assert!(v["session_id"].as_str().unwrap().len() > 8);
+    let r = curl(
+        "POST",
+        &exec,
+        Some(&s.app),
+        Some(
+            r#"{"method": "POST", "path": "/v1/echo/e", "query": {"q": "1"}, "headers": {"X-Trace": "t1"}, "body": {"a": 1}}"#,
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let echoed = &r.json()["body"];
+    assert_eq!(echoed["query"], "q=1");
+    assert_eq!(echoed["headers"]["x-trace"], "t1");
+    assert_eq!(echoed["headers"]["content-type"], "application/json");
+    assert_eq!(echoed["headers"]["authorization"], format!("Bearer {UPSTREAM_KEY}"));
+    let r = curl("POST", &exec, Some(&s.app), Some(r#"{"path": "/admin/x"}"#));
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (403, Some("forbidden")), "{}", r.body);
+    let r = curl("POST", &exec, Some(&s.app), Some(r#"{"sql": "SELECT 1"}"#));
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = curl("POST", &exec, Some(&s.app), Some(r#"{"path": "/../files/x"}"#));
+    assert_eq!(r.status, 422, "a path that leaves the connection: {}", r.body);
+
+    // The CLI takes a request line.
+    let out = s.gw.cli_as(&s.app, &["exec", "api", "GET /v1/text"]).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "Contact c***@example.com for access.\n");
+    assert!(stderr(&out).contains("HTTP 200"));
+
+    // MCP: the connection is a tool, `http_api`, for identities that may connect to it.
+    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/mcp_agent.py");
+    let mcp = format!("{}/mcp", s.gw.url());
+    let out = Command::new("python3").arg(&agent).args([&mcp, &s.app, "list"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tools: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let names: Vec<&str> = tools.as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    assert!(names.contains(&"http_api") && names.contains(&"http_files"), "{names:?}");
+    let out = Command::new("python3")
+        .arg(&agent)
+        .args([&mcp, &s.app, "call", "http_api", r#"{"path": "/v1/customers"}"#])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let called: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(called["is_error"], false, "{called}");
+    assert_eq!(called["structured"]["body"]["customers"][1]["email"], "b***@example.net", "{called}");
+    let out = Command::new("python3")
+        .arg(&agent)
+        .args([&mcp, &s.app, "call", "http_api", r#"{"path": "/admin/users"}"#])
+        .output()
+        .unwrap();
+    let refused: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(refused["is_error"], true, "{refused}");
+    // The lead may not connect to the API: no tool.
+    let out = Command::new("python3").arg(&agent).args([&mcp, &s.lead, "list"]).output().unwrap();
+    assert!(!stdout(&out).contains("http_api"), "{}", stdout(&out));
+
+    // Recorded, with how the request came.
+    let list: Value =
+        serde_json::from_str(&s.gw.cli_ok(&["sessions", "list", "--identity", "app", "--json"]).unwrap()).unwrap();
+    let protocols: Vec<&str> = list.as_array().unwrap().iter().filter_map(|x| x["protocol"].as_str()).collect();
+    assert!(protocols.contains(&"http") && protocols.contains(&"mcp"), "{protocols:?}");
+    let events = sessions_events(&s.gw, "app");
+    assert!(events.iter().any(|e| e["kind"] == "session.start" && e["data"]["via"] == "exec"));
+    assert!(events.iter().any(|e| e["kind"] == "session.start" && e["data"]["via"] == "mcp"));
+}

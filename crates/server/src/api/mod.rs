@@ -287,7 +287,7 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "Gatehouse", description = "Management API of the Gatehouse access gateway."),
     modifiers(&BearerAuth),
-    components(schemas(ErrorBody, ErrorDetail)),
+    components(schemas(ErrorBody, ErrorDetail, crate::exec::HttpResult, crate::exec::HttpCall)),
     security(("bearer" = []))
 )]
 struct ApiDoc;

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# HTTP through Gatehouse against haproxy: in one run, nginx (Debian's) serves a small JSON body
+# with email addresses on loopback, and wrk fetches it directly, through haproxy in HTTP mode,
+# and through Gatehouse (a policy that allows the bench identity, recording on, masking of
+# emails on the JSON body). Prints requests/s and p50/p99 latency per path (best of RUNS runs by
+# requests/s) and the ratios Gatehouse/haproxy. Installs nginx, haproxy and wrk if missing.
+#
+#   bench/http.sh                        # defaults: CONNECTIONS=16 THREADS=2 DURATION=5 RUNS=3
+#   CONNECTIONS=1 bench/http.sh          # one connection: latency
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONNECTIONS=${CONNECTIONS:-16}
+THREADS=${THREADS:-2}
+DURATION=${DURATION:-5}
+RUNS=${RUNS:-3}
+[ "$THREADS" -le "$CONNECTIONS" ] || THREADS=$CONNECTIONS
+
+. bench/lib.sh
+missing=($(pg_missing))
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+install_missing "${missing[@]}"
+PATH=$PATH:/usr/sbin
+bench_setup
+
+NGINX_PORT=$(free_port); HAPROXY_PORT=$(free_port); API_PORT=$(free_port); PG_LISTEN=$(free_port)
+HTTP_PORT=$(free_port)
+
+echo "== nginx on $NGINX_PORT"
+mkdir -p "$TMP/nginx/www/v1" "$TMP/nginx/logs"
+python3 - "$TMP/nginx/www/v1/customers.json" <<'PY'
+import json, sys
+customers = [{"id": i, "name": f"Customer {i}", "email": f"user{i}@example.com", "city": "Oslo"} for i in range(20)]
+json.dump({"customers": customers, "total": len(customers)}, open(sys.argv[1], "w"))
+PY
+cat >"$TMP/nginx/nginx.conf" <<CONF
+worker_processes 1;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    default_type application/json;
+    types { application/json json; }
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        root $TMP/nginx/www;
+    }
+}
+CONF
+nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+wait_port "$NGINX_PORT"
+
+echo "== haproxy (HTTP mode) on $HAPROXY_PORT"
+cat >"$TMP/haproxy.cfg" <<CONF
+global
+    nbthread 2
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+frontend bench
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend nginx
+backend nginx
+    http-reuse always
+    server n1 127.0.0.1:$NGINX_PORT
+CONF
+haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
+pids+=($!)
+wait_port "$HAPROXY_PORT"
+
+echo "== Gatehouse on $HTTP_PORT (recording on, emails masked)"
+GATEHOUSE_LISTEN_HTTP="127.0.0.1:$HTTP_PORT" start_gatehouse "$API_PORT" "$PG_LISTEN"
+"$GATEHOUSE" connections add web --type http --url "http://127.0.0.1:$NGINX_PORT" --mask email >/dev/null
+BENCH_TOKEN=$("$GATEHOUSE" identities add bench --groups bench)
+cat >"$TMP/bench.cedar" <<'CEDAR'
+@id("bench-all")
+permit (principal in Group::"bench", action, resource in Connection::"web");
+CEDAR
+"$GATEHOUSE" policies set "$TMP/bench.cedar" >/dev/null
+masked=$(curl -s -H "Authorization: Bearer $BENCH_TOKEN" "http://127.0.0.1:$HTTP_PORT/web/v1/customers.json")
+case "$masked" in
+    *'u***@example.com'*) ;;
+    *) echo "Gatehouse does not mask the body: $masked" >&2; exit 1 ;;
+esac
+
+# run NAME URL [HEADER]: the best of $RUNS wrk runs by requests/s, as "rps p50_ms p99_ms".
+run() {
+    local best="0 0 0" url=$2 out rps p50 p99
+    local args=(-t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" --latency)
+    [ -n "${3:-}" ] && args+=(-H "$3")
+    for _ in $(seq 1 "$RUNS"); do
+        out=$(wrk "${args[@]}" "$url")
+        if echo "$out" | grep -q 'Non-2xx'; then echo "$1: non-2xx answers" >&2; echo "$out" >&2; exit 1; fi
+        rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
+        p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
+        p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+        best=$(python3 - "$best" "$rps" "$p50" "$p99" <<'PY'
+import sys
+def ms(t):
+    for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if t.endswith(unit):
+            return float(t[: -len(unit)]) * f
+    return float(t)
+best = sys.argv[1].split()
+rps, p50, p99 = float(sys.argv[2]), ms(sys.argv[3]), ms(sys.argv[4])
+print(f"{rps:.0f} {p50:.3f} {p99:.3f}" if rps > float(best[0]) else sys.argv[1])
+PY
+)
+    done
+    echo "$best"
+}
+
+echo "== wrk, $CONNECTIONS connections, $THREADS threads, ${DURATION}s, best of $RUNS"
+DIRECT=$(run direct "http://127.0.0.1:$NGINX_PORT/v1/customers.json")
+HAPROXY=$(run haproxy "http://127.0.0.1:$HAPROXY_PORT/v1/customers.json")
+GATE=$(run gatehouse "http://127.0.0.1:$HTTP_PORT/web/v1/customers.json" "Authorization: Bearer $BENCH_TOKEN")
+
+python3 - "$DIRECT" "$HAPROXY" "$GATE" <<'PY'
+import sys
+rows = [("direct", sys.argv[1]), ("haproxy", sys.argv[2]), ("gatehouse (masking, recording)", sys.argv[3])]
+parsed = {name: [float(x) for x in vals.split()] for name, vals in rows}
+print(f"{'path':<32} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+for name, _ in rows:
+    rps, p50, p99 = parsed[name]
+    print(f"{name:<32} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f}")
+g, h = parsed["gatehouse (masking, recording)"], parsed["haproxy"]
+print(f"gatehouse/haproxy: throughput {g[0] / h[0]:.2f} (target >= 0.80), p50 latency {g[1] / h[1]:.2f} (target <= 1.20)")
+PY
