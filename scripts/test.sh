@@ -25,6 +25,8 @@ command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 command -v python3 >/dev/null 2>&1 || packages+=(python3 python3-pip)
+# nginx: an HTTPS, HTTP/2 upstream for the HTTP adapter's tests.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || packages+=(nginx-light)
 
 if [ "${#packages[@]}" -gt 0 ]; then
     echo "installing: ${packages[*]}"

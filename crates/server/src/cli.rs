@@ -51,9 +51,10 @@ struct Cli {
     /// Bearer token for the API (else the one saved in ~/.config/gatehouse/token).
     #[arg(long, global = true, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// A CA certificate (PEM) to trust for an https:// server, besides the system's.
-    #[arg(long, global = true, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for an https:// server, besides the system's. (Not
+    /// `--ca-file`: that is a connection's own CA, for `connections add`.)
+    #[arg(long, global = true, value_name = "FILE", env = "GATEHOUSE_SERVER_CA")]
+    server_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -549,10 +550,10 @@ impl Client {
             return Err(Failure(format!("--server {base:?} must be an http:// or https:// URL")));
         }
         let mut builder = reqwest::Client::builder().user_agent(concat!("gatehouse-cli/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &cli.ca_file {
-            let pem = std::fs::read(path).map_err(|e| Failure(format!("--ca-file {}: {e}", path.display())))?;
+        if let Some(path) = &cli.server_ca {
+            let pem = std::fs::read(path).map_err(|e| Failure(format!("--server-ca {}: {e}", path.display())))?;
             let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| Failure(format!("--ca-file {}: {e}", path.display())))?;
+                .map_err(|e| Failure(format!("--server-ca {}: {e}", path.display())))?;
             builder = builder.add_root_certificate(cert);
         }
         let http = builder.build()?;

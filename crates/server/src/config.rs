@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Environment variables that start with `GATEHOUSE_` but are not configuration keys.
-pub const NOT_CONFIG_ENV: &[&str] = &["GATEHOUSE_SERVER", "GATEHOUSE_TOKEN", "GATEHOUSE_MASTER_KEY"];
+pub const NOT_CONFIG_ENV: &[&str] =
+    &["GATEHOUSE_SERVER", "GATEHOUSE_SERVER_CA", "GATEHOUSE_TOKEN", "GATEHOUSE_MASTER_KEY"];
 const TOP_LEVEL: &[&str] = &["data_dir", "store"];
 /// Sections a `GATEHOUSE_<SECTION>_<KEY>` variable may address. Variables for other sections
 /// (another tool's, or a section a later version adds) are ignored with a warning; a wrong key

@@ -482,3 +482,131 @@ fn http_connections_through_the_exec_api_the_cli_and_mcp() {
     assert!(events.iter().any(|e| e["kind"] == "session.start" && e["data"]["via"] == "exec"));
     assert!(events.iter().any(|e| e["kind"] == "session.start" && e["data"]["via"] == "mcp"));
 }
+
+/// nginx (Debian's) serving HTTPS with HTTP/2 and a self-signed certificate made with openssl.
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+    cert: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start() -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        // A CA, and a certificate for 127.0.0.1 it signs.
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").current_dir(dir.path()).args(args).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-days", "1", "-subj", "/CN=test CA", "-keyout", "ca.key", "-out", "ca.pem"],
+            ]
+            .concat(),
+        );
+        openssl(&[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "leaf.csr"]].concat());
+        std::fs::write(dir.path().join("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+            .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ]);
+        let cert = dir.path().join("ca.pem");
+        let port = gatehouse_testkit::common::net::pick_free_port().unwrap();
+        let d = dir.path().display();
+        let conf = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
+               server {{\n    listen 127.0.0.1:{port} ssl http2;\n    ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n\
+                 location / {{\n      default_type application/json;\n      return 200 '{{\"protocol\": \"$server_protocol\", \"auth\": \"$http_authorization\", \"email\": \"dora@example.com\"}}';\n    }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let nginx =
+            ["/usr/sbin/nginx", "nginx"].into_iter().find(|p| Command::new(p).arg("-v").output().is_ok()).unwrap();
+        let child = Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        gatehouse_testkit::common::net::wait_for_port(port, Duration::from_secs(10)).unwrap();
+        Nginx { child, port, cert, _dir: dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = gatehouse_testkit::common::process::kill(&[self.child.id()], "QUIT");
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn upstream_tls_is_verified_against_the_ca_file_and_http2_is_used() {
+    let nginx = Nginx::start();
+    let http = gatehouse_testkit::common::net::pick_free_port().unwrap();
+    let listen = format!("127.0.0.1:{http}");
+    let gw = Gateway::start_with(bin(), &[("GATEHOUSE_LISTEN_HTTP", listen.as_str())]).unwrap();
+    let url = format!("https://127.0.0.1:{}", nginx.port);
+    let add = |args: &[&str]| {
+        let out = gw
+            .client()
+            .env("GATEHOUSE_TOKEN", gw.admin_token())
+            .env("API_KEY", UPSTREAM_KEY)
+            .args(["connections", "add"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    let ca = nginx.cert.to_str().unwrap();
+    add(&["pinned", "--type", "http", "--url", &url, "--bearer-env", "API_KEY", "--ca-file", ca, "--mask", "email"]);
+    add(&["unpinned", "--type", "http", "--url", &url, "--bearer-env", "API_KEY"]);
+    let app = gw.cli_ok(&["identities", "add", "app", "--groups", "apps"]).unwrap().trim().to_string();
+    let file = gw.data_dir().join("tls.cedar");
+    std::fs::write(&file, "@id(\"apps-get\")\npermit (principal in Group::\"apps\", action in [Action::\"connect\", Action::\"http.get\"], resource);\n").unwrap();
+    gw.cli_ok(&["policies", "set", file.to_str().unwrap()]).unwrap();
+
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_code}", "-H", &format!("Authorization: Bearer {app}")])
+            .arg(format!("http://127.0.0.1:{http}{path}"))
+            .output()
+            .unwrap();
+        let text = stdout(&out);
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        Http { status: status.trim().parse().unwrap(), body: body.to_string() }
+    };
+    // Verified against the connection's CA file, spoken over HTTP/2, with the key injected.
+    let r = get("/pinned/v1/anything");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["protocol"], "HTTP/2.0", "{v}");
+    assert_eq!(v["auth"], format!("Bearer {UPSTREAM_KEY}"));
+    assert_eq!(v["email"], "d***@example.com");
+    // Without the CA file, the self-signed certificate is not trusted: 502, nothing sent.
+    let r = get("/unpinned/v1/anything");
+    assert_eq!(r.status, 502, "{}", r.body);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.to_ascii_lowercase().contains("certificate"), "{message}");
+}

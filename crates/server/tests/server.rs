@@ -173,12 +173,12 @@ fn api_over_tls_with_the_configured_certificate() {
     assert!(!stdout(&plain).contains("ok"));
     let untrusted = Command::new("curl").args(["-sS"]).arg(format!("{https}/healthz")).output().unwrap();
     assert!(!untrusted.status.success());
-    // The client trusts the server with --ca-file.
+    // The client trusts the server with --server-ca.
     let out = gw
         .client()
         .env("GATEHOUSE_SERVER", &https)
         .env("GATEHOUSE_TOKEN", gw.admin_token())
-        .arg("--ca-file")
+        .arg("--server-ca")
         .arg(&ca)
         .args(["identities", "list"])
         .output()
