@@ -30,6 +30,7 @@ pub mod headers;
 mod oneoff;
 pub mod path;
 mod request;
+mod tunnel;
 
 pub use error::Refusal;
 pub use oneoff::{OneOff, OneOffAnswer, exec};
@@ -55,6 +56,8 @@ pub struct ListenerConfig {
 /// The sessions one caller's TCP connection opened: one per token and connection.
 struct Sessions {
     open: Mutex<HashMap<(String, String), Arc<OpenedSession>>>,
+    /// Upgraded connections (WebSocket) still relaying: the sessions end after them.
+    tunnels: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Sessions {
@@ -113,7 +116,7 @@ pub async fn serve<P: Pipeline>(
 }
 
 async fn connection<P: Pipeline>(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared<P>>) {
-    let sessions = Arc::new(Sessions { open: Mutex::default() });
+    let sessions = Arc::new(Sessions { open: Mutex::default(), tunnels: Mutex::default() });
     let tls = shared.config.tls.clone();
     let served = match tls {
         Some(config) => match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
@@ -127,6 +130,10 @@ async fn connection<P: Pipeline>(stream: TcpStream, peer: SocketAddr, shared: Ar
     };
     if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
+    let tunnels: Vec<_> = std::mem::take(&mut *sessions.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
+    for tunnel in tunnels {
+        let _ = tunnel.await;
     }
     let open: Vec<Arc<OpenedSession>> = sessions.lock().drain().map(|(_, s)| s).collect();
     for session in open {
@@ -150,7 +157,7 @@ where
         async move { Ok::<_, std::convert::Infallible>(handle(req, peer, tls, &shared, &sessions).await) }
     });
     hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .serve_connection(io, service)
+        .serve_connection_with_upgrades(io, service)
         .await
 }
 
@@ -255,8 +262,20 @@ async fn handle<P: Pipeline>(
         Ok(s) => s,
         Err(r) => return r.response(),
     };
+    if tunnel::is_upgrade(&req) {
+        return match tunnel::open(shared, sessions, &session, req, routed, peer, tls, started).await {
+            Ok(response) => response,
+            Err(refusal) => refusal.response(),
+        };
+    }
     match request::run(shared, &session, req, routed, Some(peer), tls, started).await {
         Ok(response) => response,
         Err(refusal) => refusal.response(),
     }
+}
+
+/// An empty body.
+pub(crate) fn empty() -> Body {
+    use http_body_util::BodyExt as _;
+    http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
 }

@@ -64,7 +64,7 @@ pub async fn exec<P: Pipeline>(
         return Err(Refusal::bad_request(format!("the path {:?} leaves its connection", request.path)));
     }
     let shared = Arc::new(Shared { pipeline, config, upstreams });
-    let sessions = Arc::new(Sessions { open: Mutex::new(HashMap::new()) });
+    let sessions = Arc::new(Sessions { open: Mutex::new(HashMap::new()), tunnels: Mutex::default() });
     let session = crate::session(&shared, &sessions, token.to_string(), connection, client_addr, true, via).await?;
     let mut uri = format!("/{connection}{}", request.path);
     if let Some(q) = request.query.as_deref().filter(|q| !q.is_empty()) {

@@ -37,8 +37,8 @@ fn action(method: &Method) -> Option<&'static str> {
 /// What masks a connection's responses.
 #[derive(Clone)]
 pub(crate) struct Masking {
-    text: Option<Arc<Masker>>,
-    json: Option<Arc<JsonMasker>>,
+    pub text: Option<Arc<Masker>>,
+    pub json: Option<Arc<JsonMasker>>,
 }
 
 /// A connection's detectors and JSON-path rules, as its settings list them.
@@ -163,7 +163,7 @@ fn describe(
 }
 
 /// The request body: streamed, or held back (to identify a request that needs review).
-enum Upload<B> {
+pub(crate) enum Upload<B> {
     Streamed(B),
     Held(Bytes),
 }
@@ -190,21 +190,29 @@ fn refused<P: Pipeline>(shared: &Shared<P>, session: &OpenedSession, verdict: &V
     shared.pipeline.finish(session, verdict.seq, result);
 }
 
-pub(crate) async fn run<P: Pipeline, B>(
+/// A request policy let through (approved, if it needed review), recorded and ready to forward.
+pub(crate) struct Admitted<B> {
+    pub seq: i64,
+    pub resource: Resource,
+    pub masks: Masking,
+    pub upload: Upload<B>,
+}
+
+/// Describes a request, decides it, holds it for review if policy says so, and records it.
+pub(crate) async fn admit<P: Pipeline, B>(
     shared: &Arc<Shared<P>>,
     session: &Arc<OpenedSession>,
-    req: Request<B>,
-    routed: RoutedPath,
-    peer: Option<SocketAddr>,
-    tls: bool,
-    started: Instant,
-) -> Result<Response<Body>, Refusal>
+    method: &Method,
+    routed: &RoutedPath,
+    query: Option<&str>,
+    headers: &http::HeaderMap,
+    body: B,
+) -> Result<Admitted<B>, Refusal>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let method = req.method().clone();
-    if action(&method).is_none() {
+    if action(method).is_none() {
         return Err(Refusal::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -215,14 +223,12 @@ where
     }
     let masks = masking(&shared.upstreams.maskers, session)
         .map_err(|e| Refusal::unavailable(format!("the connection's masking is invalid: {e}")))?;
-    let query = req.uri().query().map(String::from);
     let (mut described, resource) =
-        describe(&method, &routed, query.as_deref(), req.headers(), &session.connection, masks.text.as_deref());
-    let (parts, body) = req.into_parts();
+        describe(method, routed, query, headers, &session.connection, masks.text.as_deref());
     // A request that needs review is identified by its exact body, so that body is held back.
     let upload = if shared.pipeline.check(session, &described).await.outcome == Outcome::Review {
         let held = hold_back(body, shared.config.max_review_body).await?;
-        described.digest = digest(&method, &routed.encoded, query.as_deref(), Some(&held));
+        described.digest = digest(method, &routed.encoded, query, Some(&held));
         Upload::Held(held)
     } else {
         Upload::Streamed(body)
@@ -280,7 +286,27 @@ where
             });
         }
     };
-    let seq = verdict.seq;
+    Ok(Admitted { seq: verdict.seq, resource, masks, upload })
+}
+
+pub(crate) async fn run<P: Pipeline, B>(
+    shared: &Arc<Shared<P>>,
+    session: &Arc<OpenedSession>,
+    req: Request<B>,
+    routed: RoutedPath,
+    peer: Option<SocketAddr>,
+    tls: bool,
+    started: Instant,
+) -> Result<Response<Body>, Refusal>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let method = req.method().clone();
+    let query = req.uri().query().map(String::from);
+    let (parts, body) = req.into_parts();
+    let admitted = admit(shared, session, &method, &routed, query.as_deref(), &parts.headers, body).await?;
+    let Admitted { seq, resource, masks, upload } = admitted;
     let finish_with = |status: Option<u16>, error: String| {
         let result = RequestResult {
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,

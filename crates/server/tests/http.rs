@@ -610,3 +610,43 @@ fn upstream_tls_is_verified_against_the_ca_file_and_http2_is_used() {
     let message = r.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(message.to_ascii_lowercase().contains("certificate"), "{message}");
 }
+
+#[test]
+fn a_websocket_upgrade_passes_once_allowed_and_is_refused_where_masking_applies() {
+    let s = Setup::start();
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/ws_client.py");
+    let ws = |path: &str| -> Value {
+        let out = Command::new("python3")
+            .arg(&client)
+            .args(["127.0.0.1", &s.http.to_string(), path, &s.app, "hello through the gateway"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str(&stdout(&out)).unwrap()
+    };
+    // Allowed: the upstream switches protocols, sees the caller's identity, and messages flow.
+    let v = ws("/files/v1/ws");
+    assert_eq!(v["status"], 101, "{v}");
+    assert_eq!(v["accepted"], true);
+    assert_eq!(v["messages"], serde_json::json!(["identity: Service::\"app\"", "echo: hello through the gateway"]));
+    // Decided like any GET: outside /v1 on `api` it is refused before reaching the upstream.
+    let v = ws("/api/admin/ws");
+    assert_eq!(v["status"], 403, "{v}");
+    // Where answers are masked for this caller, messages could not be: refused.
+    let v = ws("/api/v1/ws");
+    assert_eq!(v["status"], 501, "{v}");
+    assert_eq!(v["body"]["error"]["code"], "unsupported");
+    assert_eq!(s.upstream.calls().iter().filter(|c| c.contains("/ws")).count(), 1);
+    // Recorded: the upgrade, and the bytes that crossed once it closed.
+    let mut found = None;
+    for _ in 0..50 {
+        let events = sessions_events(&s.gw, "app");
+        if let Some(r) = events.iter().find(|e| e["kind"] == "request.result" && e["data"]["command"] == "101") {
+            found = Some(r.clone());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let result = found.expect("the upgraded request's result is recorded");
+    assert!(result["data"]["bytes_out"].as_u64().unwrap() > 20, "{result}");
+}

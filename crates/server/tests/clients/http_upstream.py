@@ -8,12 +8,17 @@ Usage: python3 http_upstream.py   -> prints "ready PORT" once it listens.
   GET  /v1/text                text/plain with an email address
   GET  /v1/download?size=N     N bytes of application/octet-stream, streamed in 64 KiB chunks
   POST /v1/invoices/ID/refund  {"refunded": ID}
+  GET  /v1/ws                  a WebSocket: first sends the X-Gatehouse-Identity it saw, then
+                               echoes each text message
   ANY  /admin/...              {"admin": true}
   GET  /_calls                 every request received so far: ["METHOD /path?query", ...]
 """
 
+import base64
 import gzip
+import hashlib
 import json
+import struct
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,6 +69,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         if url.path == "/_calls":
             return self.send_json(CALLS)
+        if url.path == "/v1/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
+            return self.websocket()
         if url.path.startswith("/v1/echo"):
             return self.send_json(
                 {
@@ -104,6 +111,42 @@ class Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/admin"):
             return self.send_json({"admin": True})
         return self.send_json({"error": "not found"}, status=404)
+
+    def websocket(self):
+        key = self.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept.decode())
+        self.end_headers()
+        self.wfile.flush()
+        self.send_frame(("identity: " + self.headers.get("X-Gatehouse-Identity", "")).encode())
+        while True:
+            head = self.rfile.read(2)
+            if len(head) < 2:
+                break
+            opcode, length = head[0] & 0x0F, head[1] & 0x7F
+            if length == 126:
+                length = struct.unpack(">H", self.rfile.read(2))[0]
+            elif length == 127:
+                length = struct.unpack(">Q", self.rfile.read(8))[0]
+            mask = self.rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(length)))
+            if opcode == 8:
+                self.send_frame(b"", opcode=8)
+                break
+            self.send_frame(b"echo: " + data)
+        self.close_connection = True
+
+    def send_frame(self, data, opcode=1):
+        head = bytes([0x80 | opcode])
+        if len(data) < 126:
+            head += bytes([len(data)])
+        else:
+            head += bytes([126]) + struct.pack(">H", len(data))
+        self.wfile.write(head + data)
+        self.wfile.flush()
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = handle_any
 
