@@ -259,6 +259,16 @@ pub struct RequestResult {
     pub columns: Vec<String>,
     /// Values masked, by column and detector (never the values).
     pub masked: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+    /// The first bytes of the request's and the answer's bodies, masked, when the adapter
+    /// samples them (HTTP with `[http] sample_bytes`).
+    pub samples: Option<Samples>,
+}
+
+/// Masked, capped samples of a request's and its answer's bodies.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    pub request: String,
+    pub response: String,
 }
 
 /// The enforcement pipeline as adapters see it.

@@ -115,6 +115,41 @@ pub fn decoded(upstream: reqwest::Response, encoding: Encoding) -> ByteStream {
 /// Records how a forwarded request ended.
 pub type Finisher = Box<dyn FnOnce(RequestResult) + Send>;
 
+/// The first bytes of a request's and its answer's bodies, for the record; masked by the
+/// connection's detectors when they are recorded (whatever the caller may see).
+#[derive(Clone)]
+pub struct Sampler {
+    cap: usize,
+    masker: Option<Arc<Masker>>,
+    request: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Sampler {
+    pub fn new(cap: usize, masker: Option<Arc<Masker>>) -> Sampler {
+        Sampler { cap, masker, request: Arc::default() }
+    }
+
+    /// Keeps the start of the request body.
+    pub fn request(&self, chunk: &[u8]) {
+        let mut kept = self.request.lock().unwrap_or_else(|p| p.into_inner());
+        let room = self.cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
+    }
+
+    fn masked(&self, bytes: &[u8]) -> String {
+        let text = String::from_utf8_lossy(bytes);
+        match &self.masker {
+            Some(m) => m.mask(&text).text().to_string(),
+            None => text.into_owned(),
+        }
+    }
+
+    fn samples(&self, response: &[u8]) -> gatehouse_core::pipeline::Samples {
+        let request = self.request.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        gatehouse_core::pipeline::Samples { request: self.masked(&request), response: self.masked(response) }
+    }
+}
+
 /// The body the caller reads: chunks as they come, masked if a masker is set, recorded once.
 pub struct Relayed {
     inner: ByteStream,
@@ -127,6 +162,9 @@ pub struct Relayed {
     received: u64,
     bytes_out: u64,
     done: bool,
+    sampler: Option<Sampler>,
+    /// The start of the answer as the caller got it.
+    response_sample: Vec<u8>,
 }
 
 impl Relayed {
@@ -137,6 +175,7 @@ impl Relayed {
         started: Instant,
         status: u16,
         bytes_in: Arc<AtomicU64>,
+        sampler: Option<Sampler>,
     ) -> Relayed {
         Relayed {
             inner,
@@ -148,6 +187,15 @@ impl Relayed {
             received: 0,
             bytes_out: 0,
             done: false,
+            sampler,
+            response_sample: Vec::new(),
+        }
+    }
+
+    fn keep_sample(&mut self, out: &[u8]) {
+        if let Some(s) = &self.sampler {
+            let room = s.cap.saturating_sub(self.response_sample.len());
+            self.response_sample.extend_from_slice(&out[..room.min(out.len())]);
         }
     }
 
@@ -163,6 +211,7 @@ impl Relayed {
                 bytes_in: self.bytes_in.load(Ordering::Relaxed),
                 columns: Vec::new(),
                 masked,
+                samples: self.sampler.as_ref().map(|s| s.samples(&self.response_sample)),
             });
         }
     }
@@ -201,6 +250,7 @@ impl Stream for Relayed {
                         }
                     };
                     this.bytes_out += out.len() as u64;
+                    this.keep_sample(&out);
                     return Poll::Ready(Some(Ok(Frame::data(out))));
                 }
                 Poll::Ready(Some(Err(e))) => return this.fail(format!("the upstream body failed: {e}")),
@@ -216,6 +266,7 @@ impl Stream for Relayed {
                         }
                     };
                     this.bytes_out += rest.len() as u64;
+                    this.keep_sample(&rest);
                     this.finish(None, tally);
                     if rest.is_empty() {
                         return Poll::Ready(None);

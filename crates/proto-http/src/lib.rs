@@ -51,6 +51,8 @@ pub struct ListenerConfig {
     /// The largest request body held back so a request that needs review is identified by its
     /// exact body (bigger ones are refused with 413 when they need review).
     pub max_review_body: usize,
+    /// Record the first this many bytes of each request's and answer's body, masked (0: off).
+    pub sample_bytes: usize,
 }
 
 /// The sessions one caller's TCP connection opened: one per token and connection.

@@ -17,7 +17,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use serde_json::json;
 
-use crate::body::{BodyMasker, Encoding, Relayed};
+use crate::body::{BodyMasker, Encoding, Relayed, Sampler};
 use crate::path::RoutedPath;
 use crate::{Body, BoxError, Refusal, Shared};
 
@@ -361,17 +361,25 @@ where
         query.map(|q| format!("?{q}")).unwrap_or_default()
     );
     let bytes_in = Arc::new(AtomicU64::new(0));
+    let sample_bytes = shared.config.sample_bytes;
+    let sampler = (sample_bytes > 0).then(|| Sampler::new(sample_bytes, masks.text.clone()));
     let body = match upload {
         Upload::Held(bytes) => {
             bytes_in.store(bytes.len() as u64, Ordering::Relaxed);
+            if let Some(s) = &sampler {
+                s.request(&bytes);
+            }
             reqwest::Body::from(bytes)
         }
         Upload::Streamed(incoming) => {
-            let counter = bytes_in.clone();
+            let (counter, sampler) = (bytes_in.clone(), sampler.clone());
             let stream = http_body_util::BodyDataStream::new(incoming).map(move |chunk| {
                 let chunk = chunk.map_err(Into::into);
                 if let Ok(c) = &chunk {
                     counter.fetch_add(c.len() as u64, Ordering::Relaxed);
+                    if let Some(s) = &sampler {
+                        s.request(c);
+                    }
                 }
                 chunk
             });
@@ -419,7 +427,7 @@ where
     let (pipeline, finished_session) = (shared.pipeline.clone(), session.clone());
     let finisher = Box::new(move |result: RequestResult| pipeline.finish(&finished_session, seq, result));
     let stream = crate::body::decoded(response, encoding);
-    let relayed = Relayed::new(stream, body_masker, finisher, started, status.as_u16(), bytes_in);
+    let relayed = Relayed::new(stream, body_masker, finisher, started, status.as_u16(), bytes_in, sampler);
     let body = http_body_util::StreamBody::new(relayed).boxed_unsync();
     out.body(body).map_err(|e| Refusal::upstream(format!("the upstream's answer could not be relayed: {e}")))
 }

@@ -1189,6 +1189,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 bytes_in: 0,
                 columns,
                 masked,
+                samples: None,
             };
             self.pipeline.finish(self.session, seq, result);
         }
@@ -1534,6 +1535,7 @@ impl<P: Pipeline, S: Statements, W: AsyncWrite + Unpin + Send> Relay<'_, P, S, W
                 bytes_in: 0,
                 columns: std::mem::take(&mut f.columns),
                 masked: std::mem::take(&mut f.masked),
+                samples: None,
             };
             self.pipeline.finish(self.session, seq, result);
         }

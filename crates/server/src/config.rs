@@ -184,11 +184,18 @@ pub struct Http {
     /// The largest request body a request that needs review may have (it is held back to
     /// identify the exact request).
     pub max_review_body: String,
+    /// Record the first this many bytes of each request's and answer's body, masked ("0": off).
+    pub sample_bodies: String,
 }
 
 impl Default for Http {
     fn default() -> Self {
-        Http { connect_timeout: "10s".into(), read_timeout: "60s".into(), max_review_body: "1MiB".into() }
+        Http {
+            connect_timeout: "10s".into(),
+            read_timeout: "60s".into(),
+            max_review_body: "1MiB".into(),
+            sample_bodies: "0".into(),
+        }
     }
 }
 
@@ -198,6 +205,7 @@ pub struct HttpSettings {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub max_review_body: usize,
+    pub sample_bytes: usize,
 }
 
 /// Limits on each caller, for every protocol. Zero turns a limit off.
@@ -636,6 +644,9 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
         read_timeout: duration("http.read_timeout", &h.read_timeout)?,
         max_review_body: parse_size(&h.max_review_body)
             .ok_or_else(|| err("http.max_review_body", format!("{:?} is not a size like 1MiB", h.max_review_body)))?,
+        sample_bytes: parse_size(&h.sample_bodies).filter(|n| *n <= 1024 * 1024).ok_or_else(|| {
+            err("http.sample_bodies", format!("{:?} is not a size like 4KiB (0: off; at most 1MiB)", h.sample_bodies))
+        })?,
     };
     let fsync_each_batch = match config.audit.fsync.as_str() {
         "batch" => true,

@@ -572,6 +572,10 @@ impl Pipeline for DataPath {
         if !result.masked.is_empty() {
             payload["masked"] = json!(result.masked);
         }
+        if let Some(samples) = &result.samples {
+            payload["request_sample"] = json!(samples.request);
+            payload["response_sample"] = json!(samples.response);
+        }
         let entry = Entry {
             session_id: Some(session.id.clone()),
             kind: "request.result".into(),

@@ -198,6 +198,7 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
                 connect_timeout: loaded.http.connect_timeout,
                 read_timeout: loaded.http.read_timeout,
                 max_review_body: loaded.http.max_review_body,
+                sample_bytes: loaded.http.sample_bytes,
             }),
             upstreams: Arc::default(),
         },

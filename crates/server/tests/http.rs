@@ -94,7 +94,11 @@ impl Setup {
         let listen = format!("127.0.0.1:{http}");
         let gw = Gateway::start_with(
             bin(),
-            &[("GATEHOUSE_LISTEN_HTTP", listen.as_str()), ("GATEHOUSE_REVIEWS_HOLD_SECONDS", seconds)],
+            &[
+                ("GATEHOUSE_LISTEN_HTTP", listen.as_str()),
+                ("GATEHOUSE_REVIEWS_HOLD_SECONDS", seconds),
+                ("GATEHOUSE_HTTP_SAMPLE_BODIES", "256"),
+            ],
         )
         .unwrap();
         let base = format!("http://127.0.0.1:{}", upstream.port);
@@ -294,6 +298,20 @@ fn responses_are_masked_json_gzip_and_text() {
     assert!(result["data"]["bytes_out"].as_u64().unwrap() > 100);
     assert_eq!(result["data"]["masked"]["$.customers[*].email"]["email"], 2, "{result}");
     assert_eq!(result["data"]["masked"]["$.customers[*].address"]["rule"], 2, "{result}");
+    // Bodies are sampled (first 256 bytes), masked.
+    let sample = result["data"]["response_sample"].as_str().unwrap();
+    assert!(sample.starts_with(r#"{"customers": [{"name": "Ann", "email": "a***@example.com""#), "{sample}");
+    assert!(sample.len() <= 256 + 16, "{sample}");
+
+    // A request body is sampled too, masked by the detectors whatever the caller may see.
+    let r = s.curl("/api/v1/echo/s", Some(&s.app), &["-X", "PUT", "--data", r#"{"from": "eve@example.com"}"#]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = sessions_events(&s.gw, "app");
+    let put = events.iter().find(|e| e["kind"] == "request" && e["data"]["request"] == "PUT /v1/echo/s").unwrap();
+    let result =
+        events.iter().find(|e| e["kind"] == "request.result" && e["data"]["request_seq"] == put["seq"]).unwrap();
+    assert_eq!(result["data"]["request_sample"], r#"{"from": "e***@example.com"}"#, "{result}");
+    assert!(!serde_json::to_string(&events).unwrap().contains("eve@example.com"));
 }
 
 /// The gateway's resident set size high-water mark, in KiB.
