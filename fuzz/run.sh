@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 SECONDS_EACH=${1:-60}
 shift || true
 TARGETS=("$@")
-[ "${#TARGETS[@]}" -gt 0 ] || TARGETS=(pg_frontend pg_backend sql_classify mask)
+[ "${#TARGETS[@]}" -gt 0 ] || TARGETS=(pg_frontend pg_backend sql_classify mask http_path json_mask)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 for t in "${TARGETS[@]}"; do
     mkdir -p "corpus/$t" "seeds/$t"

@@ -26,6 +26,8 @@ use tokio::sync::watch;
 mod body;
 mod error;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod headers;
 mod oneoff;
 pub mod path;
@@ -53,6 +55,21 @@ pub struct ListenerConfig {
     pub max_review_body: usize,
     /// Record the first this many bytes of each request's and answer's body, masked (0: off).
     pub sample_bytes: usize,
+    /// Connections kept open at once; callers beyond it get 503 (`None`: no limit).
+    pub max_connections: Option<usize>,
+}
+
+/// Callers over the connection limit that are still answered; beyond these, more are closed at
+/// once.
+const REFUSING_AT_MOST: usize = 128;
+
+/// One open connection of the listener, counted until dropped.
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The sessions one caller's TCP connection opened: one per token and connection.
@@ -98,6 +115,7 @@ pub async fn serve<P: Pipeline>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let shared = Arc::new(Shared { pipeline, config, upstreams });
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -112,9 +130,56 @@ pub async fn serve<P: Pipeline>(
             }
         };
         let _ = stream.set_nodelay(true);
+        let count = open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let counted = Counted(open.clone());
         let shared = shared.clone();
-        tokio::spawn(async move { connection(stream, peer, shared).await });
+        if let Some(max) = shared.config.max_connections
+            && count > max
+        {
+            shared.pipeline.over_limit("http", gatehouse_core::pipeline::Limit::ListenerConnections);
+            if count <= max.saturating_add(REFUSING_AT_MOST) {
+                tokio::spawn(async move {
+                    let _counted = counted;
+                    busy(stream, max, shared).await;
+                });
+            }
+            continue;
+        }
+        tokio::spawn(async move {
+            let _counted = counted;
+            connection(stream, peer, shared).await;
+        });
     }
+}
+
+/// Answers every request of a connection over the limit with 503, then closes it.
+async fn busy<P: Pipeline>(stream: TcpStream, max: usize, shared: Arc<Shared<P>>) {
+    let refusal = Refusal {
+        retry_after: Some(1),
+        ..Refusal::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the gateway has its most connections open on this listener ({max}, http.max_connections)"),
+        )
+    };
+    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let mut response = refusal.response();
+        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        async move { Ok::<_, std::convert::Infallible>(response) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let tls = shared.config.tls.clone();
+    // A refused caller gets a few seconds to send its request and read the answer.
+    let answer = async {
+        let _ = match tls {
+            Some(config) => match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+                Ok(s) => builder.serve_connection(hyper_util::rt::TokioIo::new(s), service).await,
+                Err(_) => return,
+            },
+            None => builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await,
+        };
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
 }
 
 async fn connection<P: Pipeline>(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared<P>>) {

@@ -186,6 +186,9 @@ pub struct Http {
     pub max_review_body: String,
     /// Record the first this many bytes of each request's and answer's body, masked ("0": off).
     pub sample_bodies: String,
+    /// Connections the listener keeps open at once; more get 503. 0: no limit.
+    #[serde(deserialize_with = "lenient::u64")]
+    pub max_connections: u64,
 }
 
 impl Default for Http {
@@ -195,6 +198,7 @@ impl Default for Http {
             read_timeout: "60s".into(),
             max_review_body: "1MiB".into(),
             sample_bodies: "0".into(),
+            max_connections: 5000,
         }
     }
 }
@@ -206,6 +210,7 @@ pub struct HttpSettings {
     pub read_timeout: Duration,
     pub max_review_body: usize,
     pub sample_bytes: usize,
+    pub max_connections: Option<usize>,
 }
 
 /// Limits on each caller, for every protocol. Zero turns a limit off.
@@ -647,6 +652,7 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
         sample_bytes: parse_size(&h.sample_bodies).filter(|n| *n <= 1024 * 1024).ok_or_else(|| {
             err("http.sample_bodies", format!("{:?} is not a size like 4KiB (0: off; at most 1MiB)", h.sample_bodies))
         })?,
+        max_connections: (h.max_connections > 0).then(|| usize::try_from(h.max_connections).unwrap_or(usize::MAX)),
     };
     let fsync_each_batch = match config.audit.fsync.as_str() {
         "batch" => true,

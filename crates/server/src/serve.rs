@@ -199,6 +199,7 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
                 read_timeout: loaded.http.read_timeout,
                 max_review_body: loaded.http.max_review_body,
                 sample_bytes: loaded.http.sample_bytes,
+                max_connections: loaded.http.max_connections,
             }),
             upstreams: Arc::default(),
         },
