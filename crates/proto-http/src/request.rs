@@ -331,22 +331,7 @@ where
         })?;
     let masking_applies =
         (masks.text.is_some() || masks.json.is_some()) && !(shared.pipeline.may_unmask(session, &resource).await);
-    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(String::from);
-    let identity = session.identity.entity_ref();
-    let forwarded = crate::headers::Forwarded {
-        client_ip: peer.map(|p| p.ip().to_string()),
-        proto: if tls { "https" } else { "http" },
-        host,
-        identity: &identity,
-    };
-    let mut headers = crate::headers::upstream(
-        &parts.headers,
-        &target.form,
-        target.user.as_deref(),
-        target.password.as_deref(),
-        &forwarded,
-    )
-    .map_err(|e| {
+    let mut headers = upstream_headers(session, &parts.headers, peer, tls).map_err(|e| {
         finish_with(None, e.clone());
         Refusal::bad_request(e)
     })?;
@@ -430,6 +415,24 @@ where
     let relayed = Relayed::new(stream, body_masker, finisher, started, status.as_u16(), bytes_in, sampler);
     let body = http_body_util::StreamBody::new(relayed).boxed_unsync();
     out.body(body).map_err(|e| Refusal::upstream(format!("the upstream's answer could not be relayed: {e}")))
+}
+
+/// The headers to send upstream for a caller's request on `session` (see [`crate::headers`]).
+pub(crate) fn upstream_headers(
+    session: &OpenedSession,
+    caller: &http::HeaderMap,
+    peer: Option<SocketAddr>,
+    tls: bool,
+) -> Result<http::HeaderMap, String> {
+    let target = &session.upstream;
+    let identity = session.identity.entity_ref();
+    let forwarded = crate::headers::Forwarded {
+        client_ip: peer.map(|p| p.ip().to_string()),
+        proto: if tls { "https" } else { "http" },
+        host: caller.get(header::HOST).and_then(|h| h.to_str().ok()).map(String::from),
+        identity: &identity,
+    };
+    crate::headers::upstream(caller, &target.form, target.user.as_deref(), target.password.as_deref(), &forwarded)
 }
 
 /// An error with its causes, for messages (reqwest's own message omits them).

@@ -14,7 +14,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use crate::path::RoutedPath;
-use crate::request::{Admitted, admit};
+use crate::request::{Admitted, admit, upstream_headers};
 use crate::{Body, Refusal, Sessions, Shared};
 
 /// Whether a request asks to switch protocols (`Connection: upgrade` with `Upgrade`).
@@ -80,21 +80,7 @@ pub(crate) async fn open<P: Pipeline>(
         .clients
         .get(base, target.ca_file.as_deref(), shared.config.connect_timeout, shared.config.read_timeout)
         .map_err(Refusal::unavailable)?;
-    let identity = session.identity.entity_ref();
-    let forwarded = crate::headers::Forwarded {
-        client_ip: Some(peer.ip().to_string()),
-        proto: if tls { "https" } else { "http" },
-        host: parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(String::from),
-        identity: &identity,
-    };
-    let mut headers = crate::headers::upstream(
-        &parts.headers,
-        &target.form,
-        target.user.as_deref(),
-        target.password.as_deref(),
-        &forwarded,
-    )
-    .map_err(Refusal::bad_request)?;
+    let mut headers = upstream_headers(session, &parts.headers, Some(peer), tls).map_err(Refusal::bad_request)?;
     // The upgrade itself is hop-by-hop: asked again, by the gateway, on its own connection.
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if let Some(upgrade) = parts.headers.get(header::UPGRADE) {

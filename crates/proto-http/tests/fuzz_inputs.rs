@@ -2,24 +2,10 @@
 //! replayed through the HTTP fuzz targets' entry points in the normal test suite.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use gatehouse_mask::Masker;
 use gatehouse_proto_http::fuzzing;
-
-fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
-    let mut out = Vec::new();
-    for dir in ["seeds", "regressions"] {
-        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else { continue };
-        for e in entries {
-            let path = e.unwrap().path();
-            out.push((path.clone(), std::fs::read(&path).unwrap()));
-        }
-    }
-    out
-}
 
 #[test]
 fn every_seed_and_regression_input_passes_the_http_targets() {
@@ -28,7 +14,7 @@ fn every_seed_and_regression_input_passes_the_http_targets() {
         ("http_path", &(|d: &[u8]| fuzzing::path(d)) as &dyn Fn(&[u8])),
         ("json_mask", &|d: &[u8]| fuzzing::json(d, &masker)),
     ] {
-        let found = inputs(target);
+        let found = gatehouse_testkit::fuzz::inputs(target).unwrap();
         assert!(!found.is_empty(), "no seeds for {target} in fuzz/seeds/{target}");
         for (path, bytes) in found {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&bytes)));

@@ -3,24 +3,8 @@
 //! test suite: a fixed crash stays fixed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-
 use gatehouse_mask::Masker;
 use gatehouse_proto_postgres::fuzzing;
-
-fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
-    let mut out = Vec::new();
-    for dir in ["seeds", "regressions"] {
-        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else { continue };
-        for e in entries {
-            let path = e.unwrap().path();
-            let bytes = std::fs::read(&path).unwrap();
-            out.push((path, bytes));
-        }
-    }
-    out
-}
 
 #[test]
 fn every_seed_and_regression_input_passes_every_target() {
@@ -33,7 +17,7 @@ fn every_seed_and_regression_input_passes_every_target() {
         ("sql_classify", &|d: &[u8]| fuzzing::sql(d, &rules)),
         ("mask", &|d: &[u8]| fuzzing::mask(d, &masker)),
     ] {
-        let found = inputs(target);
+        let found = gatehouse_testkit::fuzz::inputs(target).unwrap();
         assert!(!found.is_empty(), "no seeds for {target} in fuzz/seeds/{target}");
         for (path, bytes) in found {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&bytes)));

@@ -367,59 +367,56 @@ impl ServerHandler for Gateway {
         let connections =
             self.app.store.list_connections().await.map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         let mut tools = Vec::new();
-        for conn in connections.iter().filter(|c| c.kind == "postgres") {
+        for conn in connections.iter().filter(|c| c.kind == "postgres" || c.kind == "http") {
             let info = ConnectionInfo { name: conn.name.clone(), kind: conn.kind.clone(), tags: conn.tags.clone() };
             if !self.may_connect(&identity, &info) {
                 continue;
             }
-            let tables = match self.readable_tables(&token, &conn.name, Self::client_addr(&context)).await {
-                Ok(t) if t.is_empty() => "No table is readable for you; ask for access if you need one.".to_string(),
-                Ok(t) => format!("Tables you may read: {}.", t.join(", ")),
-                Err(e) => format!("(The table list is unavailable: {e}.)"),
+            let about = if conn.description.is_empty() { String::new() } else { format!(" ({})", conn.description) };
+            let tool = if conn.kind == "http" {
+                Tool::new(
+                    http_tool_name(&conn.name),
+                    format!(
+                        "Call the HTTP API {}{about} through the gateway, which adds its credentials. Requests policy does not allow are refused, some need a person's approval; values you may not see are masked in the answer.",
+                        conn.name
+                    ),
+                    schema(json!({
+                        "type": "object",
+                        "properties": {
+                            "method": {"type": "string", "description": "GET (default), POST, PUT, PATCH or DELETE."},
+                            "path": {"type": "string", "description": "The path below the API's base, e.g. /v1/invoices/42."},
+                            "query": {"type": "object", "description": "Query parameters.", "additionalProperties": {"type": "string"}},
+                            "headers": {"type": "object", "description": "Request headers.", "additionalProperties": {"type": "string"}},
+                            "body": {"description": "The request body: a string, or JSON."},
+                        },
+                        "required": ["path"],
+                    })),
+                )
+            } else {
+                let tables = match self.readable_tables(&token, &conn.name, Self::client_addr(&context)).await {
+                    Ok(t) if t.is_empty() => {
+                        "No table is readable for you; ask for access if you need one.".to_string()
+                    }
+                    Ok(t) => format!("Tables you may read: {}.", t.join(", ")),
+                    Err(e) => format!("(The table list is unavailable: {e}.)"),
+                };
+                Tool::new(
+                    tool_name(&conn.name),
+                    format!(
+                        "Run one SQL statement on the PostgreSQL connection {}{about}. {tables} Writes and other tables may be refused or need a person's approval; values you may not see are masked.",
+                        conn.name
+                    ),
+                    schema(json!({
+                        "type": "object",
+                        "properties": {
+                            "sql": {"type": "string", "description": "One SQL statement; $1, $2, … take params."},
+                            "params": {"type": "array", "description": "Values for $1, $2, …", "items": {}},
+                        },
+                        "required": ["sql"],
+                    })),
+                )
             };
-            let about = if conn.description.is_empty() { String::new() } else { format!(" ({})", conn.description) };
-            let description = format!(
-                "Run one SQL statement on the PostgreSQL connection {}{about}. {tables} Writes and other tables may be refused or need a person's approval; values you may not see are masked.",
-                conn.name
-            );
-            tools.push(Tool::new(
-                tool_name(&conn.name),
-                description,
-                schema(json!({
-                    "type": "object",
-                    "properties": {
-                        "sql": {"type": "string", "description": "One SQL statement; $1, $2, … take params."},
-                        "params": {"type": "array", "description": "Values for $1, $2, …", "items": {}},
-                    },
-                    "required": ["sql"],
-                })),
-            ));
-        }
-        for conn in connections.iter().filter(|c| c.kind == "http") {
-            let info = ConnectionInfo { name: conn.name.clone(), kind: conn.kind.clone(), tags: conn.tags.clone() };
-            if !self.may_connect(&identity, &info) {
-                continue;
-            }
-            let about = if conn.description.is_empty() { String::new() } else { format!(" ({})", conn.description) };
-            let description = format!(
-                "Call the HTTP API {}{about} through the gateway, which adds its credentials. Requests policy does not allow are refused, some need a person's approval; values you may not see are masked in the answer.",
-                conn.name
-            );
-            tools.push(Tool::new(
-                http_tool_name(&conn.name),
-                description,
-                schema(json!({
-                    "type": "object",
-                    "properties": {
-                        "method": {"type": "string", "description": "GET (default), POST, PUT, PATCH or DELETE."},
-                        "path": {"type": "string", "description": "The path below the API's base, e.g. /v1/invoices/42."},
-                        "query": {"type": "object", "description": "Query parameters.", "additionalProperties": {"type": "string"}},
-                        "headers": {"type": "object", "description": "Request headers.", "additionalProperties": {"type": "string"}},
-                        "body": {"description": "The request body: a string, or JSON."},
-                    },
-                    "required": ["path"],
-                })),
-            ));
+            tools.push(tool);
         }
         tools.push(Tool::new(
             "list_my_reviews",

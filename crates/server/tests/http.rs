@@ -45,6 +45,19 @@ permit (principal in Group::"apps", action == Action::"http.get", resource in Co
 permit (principal in Group::"apps", action == Action::"http.get", resource in Connection::"down");
 "#;
 
+/// `gatehouse connections add ARGS…` as admin, with `API_KEY` holding the upstream's key.
+fn add_connection(gw: &Gateway, args: &[&str]) {
+    let out = gw
+        .client()
+        .env("GATEHOUSE_TOKEN", gw.admin_token())
+        .env("API_KEY", UPSTREAM_KEY)
+        .args(["connections", "add"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 struct Upstream {
     child: Child,
     port: u16,
@@ -105,17 +118,7 @@ impl Setup {
         all.extend_from_slice(env);
         let gw = Gateway::start_with(bin(), &all).unwrap();
         let base = format!("http://127.0.0.1:{}", upstream.port);
-        let add = |args: &[&str]| {
-            let out = gw
-                .client()
-                .env("GATEHOUSE_TOKEN", gw.admin_token())
-                .env("API_KEY", UPSTREAM_KEY)
-                .args(["connections", "add"])
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", stderr(&out));
-        };
+        let add = |args: &[&str]| add_connection(&gw, args);
         add(&[
             "api",
             "--type",
@@ -589,17 +592,7 @@ fn upstream_tls_is_verified_against_the_ca_file_and_http2_is_used() {
     let listen = format!("127.0.0.1:{http}");
     let gw = Gateway::start_with(bin(), &[("GATEHOUSE_LISTEN_HTTP", listen.as_str())]).unwrap();
     let url = format!("https://127.0.0.1:{}", nginx.port);
-    let add = |args: &[&str]| {
-        let out = gw
-            .client()
-            .env("GATEHOUSE_TOKEN", gw.admin_token())
-            .env("API_KEY", UPSTREAM_KEY)
-            .args(["connections", "add"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-    };
+    let add = |args: &[&str]| add_connection(&gw, args);
     let ca = nginx.cert.to_str().unwrap();
     add(&["pinned", "--type", "http", "--url", &url, "--bearer-env", "API_KEY", "--ca-file", ca, "--mask", "email"]);
     add(&["unpinned", "--type", "http", "--url", &url, "--bearer-env", "API_KEY"]);

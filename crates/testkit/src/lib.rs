@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod common;
+pub mod fuzz;
 pub mod gateway;
 pub mod oidc;
 pub mod postgres;
