@@ -7,6 +7,7 @@
 #
 #   bench/http.sh                        # defaults: CONNECTIONS=16 THREADS=2 DURATION=5 RUNS=3
 #   CONNECTIONS=1 bench/http.sh          # one connection: latency
+#   PROFILE=1 bench/http.sh              # then where Gatehouse spends its CPU (perf, self time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,8 +82,8 @@ GATEHOUSE_LISTEN_HTTP="127.0.0.1:$HTTP_PORT" start_gatehouse "$API_PORT" "$PG_LI
 "$GATEHOUSE" connections add web --type http --url "http://127.0.0.1:$NGINX_PORT" --mask email >/dev/null
 BENCH_TOKEN=$("$GATEHOUSE" identities add bench --groups bench)
 cat >"$TMP/bench.cedar" <<'CEDAR'
-@id("bench-all")
-permit (principal in Group::"bench", action, resource in Connection::"web");
+@id("bench-get")
+permit (principal in Group::"bench", action in [Action::"connect", Action::"http.get"], resource in Connection::"web");
 CEDAR
 "$GATEHOUSE" policies set "$TMP/bench.cedar" >/dev/null
 masked=$(curl -s -H "Authorization: Bearer $BENCH_TOKEN" "http://127.0.0.1:$HTTP_PORT/web/v1/customers.json")
@@ -134,3 +135,24 @@ for name, _ in rows:
 g, h = parsed["gatehouse (masking, recording)"], parsed["haproxy"]
 print(f"gatehouse/haproxy: throughput {g[0] / h[0]:.2f} (target >= 0.80), p50 latency {g[1] / h[1]:.2f} (target <= 1.20)")
 PY
+
+if [ -n "${PROFILE:-}" ]; then
+    command -v perf >/dev/null 2>&1 || install_missing linux-perf
+    echo
+    echo "== where Gatehouse spends its CPU under wrk, $CONNECTIONS connections (perf, self time)"
+    perf record -q -F 4999 -g -o "$TMP/perf.data" -p "$GW_PID" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
+    perf_pid=$!
+    cpu_ticks() { awk '{print $14 + $15}' "/proc/$GW_PID/stat"; }
+    before=$(cpu_ticks)
+    out=$(wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" -H "Authorization: Bearer $BENCH_TOKEN" \
+        "http://127.0.0.1:$HTTP_PORT/web/v1/customers.json")
+    after=$(cpu_ticks)
+    wait "$perf_pid" || { echo "perf failed:"; cat "$TMP/perf.log"; }
+    requests=$(echo "$out" | awk '/requests in/ {print $1}')
+    awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$requests" \
+        'BEGIN { printf "Gatehouse CPU per request: %.1f us (user+system, %d requests)\n", ticks / hz * 1e6 / n, n }'
+    echo "-- by thread"
+    perf report -i "$TMP/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12 || true
+    echo "-- by function"
+    perf report -i "$TMP/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40 || true
+fi
