@@ -281,6 +281,10 @@ fn responses_are_masked_json_gzip_and_text() {
     let body: Value = serde_json::from_str(body).unwrap();
     assert_eq!(body["customers"][0]["email"], "a***@example.com");
 
+    // deflate too.
+    let r = s.get("/api/v1/deflate");
+    assert_eq!(r.json()["customers"][0]["email"], "a***@example.com", "{}", r.body);
+
     // Other text by the detectors.
     let r = s.get("/api/v1/text");
     assert_eq!(r.body, "Contact c***@example.com for access.\n");
@@ -666,8 +670,11 @@ fn a_websocket_upgrade_passes_once_allowed_and_is_refused_where_masking_applies(
 }
 
 #[test]
-fn the_listener_answers_503_over_its_connection_limit() {
-    let s = Setup::start_with("20", &[("GATEHOUSE_HTTP_MAX_CONNECTIONS", "2")]);
+fn the_listener_answers_503_over_its_connection_limit_and_504_for_a_silent_upstream() {
+    let s = Setup::start_with("20", &[("GATEHOUSE_HTTP_MAX_CONNECTIONS", "2"), ("GATEHOUSE_HTTP_READ_TIMEOUT", "1s")]);
+    // (And an upstream silent for longer than [http] read_timeout is a 504.)
+    let r = s.get("/files/v1/slow?s=3");
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (504, Some("upstream_timeout")), "{}", r.body);
     // Two callers hold their connections open.
     let held: Vec<std::net::TcpStream> =
         (0..2).map(|_| std::net::TcpStream::connect(("127.0.0.1", s.http)).unwrap()).collect();

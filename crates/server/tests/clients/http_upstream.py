@@ -5,6 +5,8 @@ Usage: python3 http_upstream.py   -> prints "ready PORT" once it listens.
   ANY  /v1/echo/...            what the server received: method, path, query, headers, body
   GET  /v1/customers           JSON with personal data in nested objects and arrays
   GET  /v1/gzip                the same JSON, gzip-encoded
+  GET  /v1/deflate             the same JSON, deflate-encoded (zlib)
+  GET  /v1/slow?s=N            answers after N seconds
   GET  /v1/text                text/plain with an email address
   GET  /v1/download?size=N     N bytes of application/octet-stream, streamed in 64 KiB chunks
   POST /v1/invoices/ID/refund  {"refunded": ID}
@@ -19,6 +21,8 @@ import gzip
 import hashlib
 import json
 import struct
+import time
+import zlib
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,6 +56,8 @@ class Handler(BaseHTTPRequestHandler):
         body = json.dumps(value).encode()
         if encoding == "gzip":
             body = gzip.compress(body)
+        elif encoding == "deflate":
+            body = zlib.compress(body)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         if encoding:
@@ -85,6 +91,11 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(CUSTOMERS)
         if url.path == "/v1/gzip":
             return self.send_json(CUSTOMERS, encoding="gzip")
+        if url.path == "/v1/deflate":
+            return self.send_json(CUSTOMERS, encoding="deflate")
+        if url.path == "/v1/slow":
+            time.sleep(float(parse_qs(url.query).get("s", ["1"])[0]))
+            return self.send_json({"slow": True})
         if url.path == "/v1/text":
             text = b"Contact carol@example.com for access.\n"
             self.send_response(200)
