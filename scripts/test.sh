@@ -59,6 +59,12 @@ if ! python3 -c 'import httpx' >/dev/null 2>&1; then
         || python3 -m pip install --quiet --break-system-packages 'httpx==0.28.1'
 fi
 
+# Brotli for Python: the HTTP adapter's tests serve brotli-encoded answers with it.
+if ! python3 -c 'import brotli' >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'brotli==1.1.0' \
+        || python3 -m pip install --quiet --break-system-packages 'brotli==1.1.0'
+fi
+
 # The OIDC provider the tests run (an npm package, pinned by its lockfile).
 if [ ! -d crates/testkit/oidc/node_modules/oauth2-mock-server ]; then
     npm ci --prefix crates/testkit/oidc --no-audit --no-fund

@@ -6,6 +6,7 @@ Usage: python3 http_upstream.py   -> prints "ready PORT" once it listens.
   GET  /v1/customers           JSON with personal data in nested objects and arrays
   GET  /v1/gzip                the same JSON, gzip-encoded
   GET  /v1/deflate             the same JSON, deflate-encoded (zlib)
+  GET  /v1/brotli              the same JSON, brotli-encoded
   GET  /v1/slow?s=N            answers after N seconds
   GET  /v1/text                text/plain with an email address
   GET  /v1/download?size=N     N bytes of application/octet-stream, streamed in 64 KiB chunks
@@ -23,6 +24,8 @@ import json
 import struct
 import time
 import zlib
+
+import brotli
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +61,8 @@ class Handler(BaseHTTPRequestHandler):
             body = gzip.compress(body)
         elif encoding == "deflate":
             body = zlib.compress(body)
+        elif encoding == "br":
+            body = brotli.compress(body)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         if encoding:
@@ -93,6 +98,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(CUSTOMERS, encoding="gzip")
         if url.path == "/v1/deflate":
             return self.send_json(CUSTOMERS, encoding="deflate")
+        if url.path == "/v1/brotli":
+            return self.send_json(CUSTOMERS, encoding="br")
         if url.path == "/v1/slow":
             time.sleep(float(parse_qs(url.query).get("s", ["1"])[0]))
             return self.send_json({"slow": True})
