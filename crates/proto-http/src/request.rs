@@ -226,7 +226,12 @@ where
     let (mut described, resource) =
         describe(method, routed, query, headers, &session.connection, masks.text.as_deref());
     // A request that needs review is identified by its exact body, so that body is held back.
-    let upload = if shared.pipeline.check(session, &described).await.outcome == Outcome::Review {
+    // A request without a body has nothing to hold back, and needs no check ahead.
+    let bodiless = body.is_end_stream() || body.size_hint().exact() == Some(0);
+    let upload = if bodiless {
+        described.digest = digest(method, &routed.encoded, query, Some(b""));
+        Upload::Held(Bytes::new())
+    } else if shared.pipeline.check(session, &described).await.outcome == Outcome::Review {
         let held = hold_back(body, shared.config.max_review_body).await?;
         described.digest = digest(method, &routed.encoded, query, Some(&held));
         Upload::Held(held)
