@@ -8,6 +8,7 @@
 #   bench/http.sh                        # defaults: CONNECTIONS=16 THREADS=2 DURATION=5 RUNS=3
 #   CONNECTIONS=1 bench/http.sh          # one connection: latency
 #   PROFILE=1 bench/http.sh              # then where Gatehouse spends its CPU (perf, self time)
+#   PROFILE=1 KEEP_PROFILE=gh.perf ...   # and keep the perf data for `perf report -i gh.perf`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -151,6 +152,7 @@ if [ -n "${PROFILE:-}" ]; then
     requests=$(echo "$out" | awk '/requests in/ {print $1}')
     awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$requests" \
         'BEGIN { printf "Gatehouse CPU per request: %.1f us (user+system, %d requests)\n", ticks / hz * 1e6 / n, n }'
+    if [ -n "${KEEP_PROFILE:-}" ]; then cp "$TMP/perf.data" "$KEEP_PROFILE"; fi
     echo "-- by thread"
     perf report -i "$TMP/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12 || true
     echo "-- by function"

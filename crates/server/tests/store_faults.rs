@@ -153,9 +153,31 @@ fn a_locked_store_refuses_requests_until_it_is_released() {
     verified(&f);
 }
 
+/// An HTTP request through the gateway's HTTP listener to connection `self` (the gateway's own
+/// API, whose `/healthz` needs no token): its status and body.
+fn http_get(f: &Fixture, port: u16) -> Http {
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "-H", &format!("Authorization: Bearer {}", f.token)])
+        .arg(format!("http://127.0.0.1:{port}/self/healthz"))
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    Http { status: status.trim().parse().unwrap(), body: body.to_string() }
+}
+
 #[test]
 fn a_store_over_the_file_size_limit_refuses_requests_until_it_is_lifted() {
-    let f = Fixture::new();
+    let http = gatehouse_testkit::common::net::pick_free_port().unwrap();
+    let listen = format!("127.0.0.1:{http}");
+    let f = Fixture::with_env(&[("GATEHOUSE_LISTEN_HTTP", listen.as_str())]);
+    // The HTTP adapter records through the same pipeline: an API behind it, here the gateway's
+    // own unauthenticated /healthz.
+    f.gw.cli_ok(&["connections", "add", "self", "--type", "http", "--url", &f.gw.url()]).unwrap();
+    f.policies(&format!(
+        "{POLICIES}\n@id(\"apps-self\")\npermit (principal in Group::\"apps\", action in [Action::\"connect\", Action::\"http.get\"], resource in Connection::\"self\");\n"
+    ));
+    assert_eq!(http_get(&f, http).status, 200);
     rt().block_on(async {
         let open = client(&f.url(&f.token)).await;
         assert!(open.simple_query("SELECT 'before'").await.is_ok());
@@ -165,11 +187,15 @@ fn a_store_over_the_file_size_limit_refuses_requests_until_it_is_lifted() {
         // disk. (The gateway takes SIGXFSZ rather than dying of it.)
         prlimit_fsize(&f.gw, "0");
         refused_during_fault(&f, &open, 200).await;
+        let r = http_get(&f, http);
+        assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("unavailable")), "{}", r.body);
+        assert!(r.body.contains("audit trail is unavailable"), "{}", r.body);
         drop(ending);
         tokio::time::sleep(Duration::from_millis(300)).await;
         prlimit_fsize(&f.gw, "unlimited");
         resumed_after_fault(&f, &open, 201).await;
     });
+    assert_eq!(http_get(&f, http).status, 200, "HTTP resumes too");
     assert!(f.gw.pid().is_some());
     verified(&f);
 }
