@@ -72,6 +72,7 @@ pub async fn run_http(
     connection: &str,
     via: &'static str,
     call: HttpCall,
+    on_hold: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 ) -> Result<HttpResult, ApiError> {
     use base64::Engine as _;
     let method = call.method.as_deref().unwrap_or("GET").to_ascii_uppercase();
@@ -111,7 +112,7 @@ pub async fn run_http(
         }
     };
     let request = gatehouse_proto_http::OneOff { method, path: call.path, query, headers, body };
-    let pipeline = Arc::new(DataPath::new(app.clone()));
+    let pipeline = Arc::new(Watched { inner: DataPath::new(app.clone()), seen: Mutex::default(), on_hold });
     let answer = gatehouse_proto_http::exec(
         pipeline,
         app.http.config.clone(),

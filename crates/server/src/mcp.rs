@@ -103,6 +103,33 @@ impl From<Result<Value, String>> for Call {
     }
 }
 
+/// Runs a tool's request; while it is held for review, tells a client that gave a progress
+/// token so every [`PROGRESS_EVERY`], naming the review.
+async fn with_progress<T>(
+    run: impl std::future::Future<Output = T>,
+    mut held_rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    context: &RequestContext<RoleServer>,
+) -> T {
+    tokio::pin!(run);
+    let token = context.meta.get_progress_token();
+    let mut held: Option<String> = None;
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    let mut progress = 0.0;
+    loop {
+        tokio::select! {
+            result = &mut run => return result,
+            Some(review) = held_rx.recv() => held = Some(review),
+            _ = tick.tick(), if held.is_some() && token.is_some() => {}
+        }
+        if let (Some(review), Some(token)) = (&held, &token) {
+            progress += 1.0;
+            let mut note = ProgressNotificationParam::new(token.clone(), progress);
+            note.message = Some(format!("waiting for approval: review {review}"));
+            let _ = context.peer.notify_progress(note).await;
+        }
+    }
+}
+
 fn tool_error(text: impl Into<String>) -> CallToolResponse {
     CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(text.into())]))
 }
@@ -255,27 +282,10 @@ impl Gateway {
             Some(_) => return Call::Refused("the argument params must be an array".into()),
         };
         let statement = ExecStatement { sql: sql.to_string(), params, max_rows: crate::exec::DEFAULT_MAX_ROWS };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let client = Self::client_addr(context);
         let run = crate::exec::run(&self.app, token, client, connection, "mcp", statement, Some(tx));
-        tokio::pin!(run);
-        let token = context.meta.get_progress_token();
-        let mut held: Option<String> = None;
-        let mut tick = tokio::time::interval(PROGRESS_EVERY);
-        let mut progress = 0.0;
-        let result = loop {
-            tokio::select! {
-                result = &mut run => break result,
-                Some(review) = rx.recv() => held = Some(review),
-                _ = tick.tick(), if held.is_some() && token.is_some() => {}
-            }
-            if let (Some(review), Some(token)) = (&held, &token) {
-                progress += 1.0;
-                let mut note = ProgressNotificationParam::new(token.clone(), progress);
-                note.message = Some(format!("waiting for approval: review {review}"));
-                let _ = context.peer.notify_progress(note).await;
-            }
-        };
+        let result = with_progress(run, rx, context).await;
         match result {
             Ok(r) => serde_json::to_value(&r).map_err(|e| e.to_string()).into(),
             Err(ApiError::ReviewPending { review_id, .. }) => Call::Held(format!(
@@ -299,7 +309,10 @@ impl Gateway {
                 return Call::Refused(format!("the arguments are not method, path, query, headers and body: {e}"));
             }
         };
-        match crate::exec::run_http(&self.app, token, Self::client_addr(context), connection, "mcp", call).await {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let run =
+            crate::exec::run_http(&self.app, token, Self::client_addr(context), connection, "mcp", call, Some(tx));
+        match with_progress(run, rx, context).await {
             Ok(r) => serde_json::to_value(&r).map_err(|e| e.to_string()).into(),
             Err(ApiError::ReviewPending { review_id, .. }) => Call::Held(format!(
                 "this request needs approval and was not approved in time (review {review_id}); once a person approves it, call this tool again with exactly the same arguments and it runs once"

@@ -500,6 +500,28 @@ fn http_connections_through_the_exec_api_the_cli_and_mcp() {
         .unwrap();
     let refused: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(refused["is_error"], true, "{refused}");
+    // A held request: progress names the review while it waits, and it runs once approved.
+    let held = Command::new("python3")
+        .arg(&agent)
+        .args([
+            &mcp,
+            &s.app,
+            "call",
+            "http_api",
+            r#"{"method": "POST", "path": "/v1/invoices/9/refund", "body": {"amount": 2}}"#,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let review = wait_pending(&s);
+    std::thread::sleep(Duration::from_millis(1500));
+    let ok = s.gw.cli_as(&s.lead, &["reviews", "approve", review["id"].as_str().unwrap()]).unwrap();
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let out = held.wait_with_output().unwrap();
+    let called: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(called["structured"]["body"]["refunded"], "9", "{called}");
+    let id = review["id"].as_str().unwrap();
+    assert!(called["progress"].as_array().unwrap().iter().any(|p| p.as_str().unwrap_or("").contains(id)), "{called}");
     // The lead may not connect to the API: no tool.
     let out = Command::new("python3").arg(&agent).args([&mcp, &s.lead, "list"]).output().unwrap();
     assert!(!stdout(&out).contains("http_api"), "{}", stdout(&out));

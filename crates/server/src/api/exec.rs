@@ -85,7 +85,7 @@ pub async fn exec(
             headers: input.headers,
             body: input.body,
         };
-        let result = crate::exec::run_http(&app, &token, client, &name, "exec", call).await?;
+        let result = crate::exec::run_http(&app, &token, client, &name, "exec", call, None).await?;
         return serde_json::to_value(result).map(Json).map_err(|e| ApiError::Internal(e.to_string()));
     }
     if input.method.is_some()
