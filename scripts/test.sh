@@ -34,36 +34,23 @@ if [ "${#packages[@]}" -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}"
 fi
 
+# pip_install MODULE SPEC: installs SPEC from PyPI unless python3 can import MODULE already.
+pip_install() {
+    python3 -c "import $1" >/dev/null 2>&1 && return 0
+    python3 -m pip install --quiet "$2" || python3 -m pip install --quiet --break-system-packages "$2"
+}
+
 # The Prometheus project's parser, to check /metrics.
-if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
-    python3 -m pip install --quiet 'prometheus_client==0.26.0' \
-        || python3 -m pip install --quiet --break-system-packages 'prometheus_client==0.26.0'
-fi
-
+pip_install prometheus_client 'prometheus_client==0.26.0'
 # psycopg 3, a stock PostgreSQL driver the data-path tests drive the gateway with.
-if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
-    python3 -m pip install --quiet 'psycopg[binary]==3.3.9' \
-        || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]==3.3.9'
-fi
-
+pip_install psycopg 'psycopg[binary]==3.3.9'
 # The official MCP Python SDK, the stock client the /mcp tests drive the gateway with.
-if ! python3 -c 'import mcp.client.streamable_http' >/dev/null 2>&1; then
-    python3 -m pip install --quiet 'mcp==1.30.0' \
-        || python3 -m pip install --quiet --break-system-packages 'mcp==1.30.0'
-fi
-
+pip_install mcp.client.streamable_http 'mcp==1.30.0'
 # httpx, the Python HTTP client the HTTP adapter's tests drive the gateway with (the MCP SDK
 # above usually brings it).
-if ! python3 -c 'import httpx' >/dev/null 2>&1; then
-    python3 -m pip install --quiet 'httpx==0.28.1' \
-        || python3 -m pip install --quiet --break-system-packages 'httpx==0.28.1'
-fi
-
+pip_install httpx 'httpx==0.28.1'
 # Brotli for Python: the HTTP adapter's tests serve brotli-encoded answers with it.
-if ! python3 -c 'import brotli' >/dev/null 2>&1; then
-    python3 -m pip install --quiet 'brotli==1.1.0' \
-        || python3 -m pip install --quiet --break-system-packages 'brotli==1.1.0'
-fi
+pip_install brotli 'brotli==1.1.0'
 
 # The OIDC provider the tests run (an npm package, pinned by its lockfile).
 if [ ! -d crates/testkit/oidc/node_modules/oauth2-mock-server ]; then

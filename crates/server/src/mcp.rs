@@ -130,6 +130,19 @@ async fn with_progress<T>(
     }
 }
 
+impl Call {
+    /// How a query or request (`what`) through the exec path ended, as a tool answers it.
+    fn answer<T: serde::Serialize>(result: Result<T, ApiError>, what: &str) -> Call {
+        match result {
+            Ok(r) => serde_json::to_value(&r).map_err(|e| e.to_string()).into(),
+            Err(ApiError::ReviewPending { review_id, .. }) => Call::Held(format!(
+                "this {what} needs approval and was not approved in time (review {review_id}); once a person approves it, call this tool again with exactly the same arguments and it runs once"
+            )),
+            Err(e) => Call::Refused(e.to_string()),
+        }
+    }
+}
+
 fn tool_error(text: impl Into<String>) -> CallToolResponse {
     CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(text.into())]))
 }
@@ -285,14 +298,7 @@ impl Gateway {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let client = Self::client_addr(context);
         let run = crate::exec::run(&self.app, token, client, connection, "mcp", statement, Some(tx));
-        let result = with_progress(run, rx, context).await;
-        match result {
-            Ok(r) => serde_json::to_value(&r).map_err(|e| e.to_string()).into(),
-            Err(ApiError::ReviewPending { review_id, .. }) => Call::Held(format!(
-                "this query needs approval and was not approved in time (review {review_id}); once a person approves it, call this tool again with exactly the same arguments and it runs once"
-            )),
-            Err(e) => Call::Refused(e.to_string()),
-        }
+        Call::answer(with_progress(run, rx, context).await, "query")
     }
 
     /// One HTTP request on an HTTP connection, through the exec path.
@@ -312,13 +318,7 @@ impl Gateway {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let run =
             crate::exec::run_http(&self.app, token, Self::client_addr(context), connection, "mcp", call, Some(tx));
-        match with_progress(run, rx, context).await {
-            Ok(r) => serde_json::to_value(&r).map_err(|e| e.to_string()).into(),
-            Err(ApiError::ReviewPending { review_id, .. }) => Call::Held(format!(
-                "this request needs approval and was not approved in time (review {review_id}); once a person approves it, call this tool again with exactly the same arguments and it runs once"
-            )),
-            Err(e) => Call::Refused(e.to_string()),
-        }
+        Call::answer(with_progress(run, rx, context).await, "request")
     }
 
     /// Records one tool call in the MCP session.
