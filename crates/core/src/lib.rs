@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 mod decision;
 mod identity;
 pub mod pipeline;

@@ -59,19 +59,6 @@ pub struct ListenerConfig {
     pub max_connections: Option<usize>,
 }
 
-/// Callers over the connection limit that are still answered; beyond these, more are closed at
-/// once.
-const REFUSING_AT_MOST: usize = 128;
-
-/// One open connection of the listener, counted until dropped.
-struct Counted(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// The sessions one caller's TCP connection opened: one per token and connection.
 struct Sessions {
     open: Mutex<HashMap<(String, String), Arc<OpenedSession>>>,
@@ -115,7 +102,7 @@ pub async fn serve<P: Pipeline>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let shared = Arc::new(Shared { pipeline, config, upstreams });
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let admission = gatehouse_core::admission::Admission::new(shared.config.max_connections);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -130,21 +117,22 @@ pub async fn serve<P: Pipeline>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let count = open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let counted = Counted(open.clone());
-        let shared = shared.clone();
-        if let Some(max) = shared.config.max_connections
-            && count > max
-        {
+        let admitted = admission.admit();
+        if admitted.is_over() {
             shared.pipeline.over_limit("http", gatehouse_core::pipeline::Limit::ListenerConnections);
-            if count <= max.saturating_add(REFUSING_AT_MOST) {
+        }
+        let shared = shared.clone();
+        let counted = match admitted {
+            gatehouse_core::admission::Admit::Serve(counted) => counted,
+            gatehouse_core::admission::Admit::Refuse { counted, max } => {
                 tokio::spawn(async move {
                     let _counted = counted;
                     busy(stream, max, shared).await;
                 });
+                continue;
             }
-            continue;
-        }
+            gatehouse_core::admission::Admit::Drop => continue,
+        };
         tokio::spawn(async move {
             let _counted = counted;
             connection(stream, peer, shared).await;

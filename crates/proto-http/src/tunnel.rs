@@ -103,10 +103,20 @@ pub(crate) async fn open<P: Pipeline>(
     let status = response.status();
     let mut out_headers = crate::headers::downstream(response.headers(), false);
     if status != StatusCode::SWITCHING_PROTOCOLS {
-        // Refused upstream: its answer goes back as it is (nothing here is masked).
-        let bytes = response.bytes().await.unwrap_or_default();
-        finish(Some(status.as_u16()), Some("the upstream did not switch protocols".into()), 0, bytes.len() as u64);
-        let mut answer = Response::new(http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
+        // Refused upstream: its answer streams back as it is (nothing here is masked), and is
+        // recorded like any answer once it ends.
+        let (pipeline, session) = (shared.pipeline.clone(), session.clone());
+        let finisher = Box::new(move |result: RequestResult| pipeline.finish(&session, seq, result));
+        let body = crate::body::Relayed::new(
+            crate::body::decoded(response, crate::body::Encoding::Identity),
+            None,
+            finisher,
+            started,
+            status.as_u16(),
+            Arc::default(),
+            None,
+        );
+        let mut answer = Response::new(http_body_util::StreamBody::new(body).boxed_unsync());
         *answer.status_mut() = status;
         *answer.headers_mut() = out_headers;
         return Ok(answer);

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gatehouse_core::admission::{Admission, Admit};
 use gatehouse_core::pipeline::{
     Hold, OpenError, OpenRequest, OpenedSession, Pipeline, Request, RequestResult, Verdict,
 };
@@ -58,20 +59,9 @@ pub struct ListenerConfig {
     pub max_result_bytes: Option<u64>,
 }
 
-/// Callers over the connection limit that are still told so (after their startup packet, as
-/// PostgreSQL does); beyond these, more are closed at once.
-const REFUSING_AT_MOST: usize = 128;
-/// How long a caller over the limit has to send its startup packet.
+/// How long a caller over the connection limit has to send its startup packet (it is told
+/// after it, as PostgreSQL does).
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
-
-/// One open connection of a listener, counted until dropped.
-struct Counted(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
 
 /// What the adapter needs to turn statement text into requests: the SQL classifier, behind a
 /// trait so this crate stays free of policy and of the parser's build.
@@ -105,7 +95,7 @@ pub async fn serve<P: Pipeline, S: Statements>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let cancels: CancelMap = Arc::default();
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let admission = Admission::new(config.max_connections);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -120,21 +110,22 @@ pub async fn serve<P: Pipeline, S: Statements>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let count = open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let counted = Counted(open.clone());
-        if let Some(max) = config.max_connections
-            && count > max
-        {
+        let admitted = admission.admit();
+        if admitted.is_over() {
             pipeline.over_limit("postgres", gatehouse_core::pipeline::Limit::ListenerConnections);
-            if count <= max.saturating_add(REFUSING_AT_MOST) {
+        }
+        let counted = match admitted {
+            Admit::Serve(counted) => counted,
+            Admit::Refuse { counted, max } => {
                 let (config, cancels) = (config.clone(), cancels.clone());
                 tokio::spawn(async move {
                     let _counted = counted;
                     Session::refuse_busy(stream, peer, &config, &cancels, max).await;
                 });
+                continue;
             }
-            continue;
-        }
+            Admit::Drop => continue,
+        };
         let (config, pipeline, statements, cancels) =
             (config.clone(), pipeline.clone(), statements.clone(), cancels.clone());
         tokio::spawn(async move {
