@@ -1,6 +1,7 @@
 //! The vocabulary every other Gatehouse crate speaks: who is calling ([`Identity`]), what they
 //! touch ([`Resource`]), what they ask ([`AuthzRequest`]) and what the gateway answers
-//! ([`Decision`]), plus the [`Blame`] carried by errors. This crate does no I/O and knows no
+//! ([`Decision`]), plus the [`Blame`] carried by errors and the listener connection count every
+//! adapter admits callers by ([`admission`]). This crate does no I/O and knows no
 //! protocol, storage or policy language; it only defines the types the pipeline passes around.
 
 #![forbid(unsafe_code)]
