@@ -55,13 +55,37 @@ impl Entry {
         }
     }
 
-    /// A request of a session and its decision, counted in the session's row.
+    /// A request of a session and its decision, counted in the session's row (as held for
+    /// review when the payload's `decision` is `review`).
     pub fn request(session_id: &str, payload: serde_json::Value, denied: bool) -> Entry {
+        let reviewed = payload.get("decision").and_then(serde_json::Value::as_str) == Some("review");
         Entry {
             session_id: Some(session_id.to_string()),
             kind: "request".into(),
             payload,
-            session_change: Some(SessionChange::Request { id: session_id.to_string(), denied }),
+            session_change: Some(SessionChange::Request { id: session_id.to_string(), denied, reviewed }),
+        }
+    }
+
+    /// The result of a request. The values its payload's `masked` counts (by column or JSON
+    /// path, then by detector) are added to the session's row.
+    pub fn result(session_id: &str, payload: serde_json::Value) -> Entry {
+        let values: i64 = payload
+            .get("masked")
+            .and_then(serde_json::Value::as_object)
+            .map(|by_place| {
+                by_place
+                    .values()
+                    .filter_map(serde_json::Value::as_object)
+                    .flat_map(|by_detector| by_detector.values().filter_map(serde_json::Value::as_i64))
+                    .sum()
+            })
+            .unwrap_or(0);
+        Entry {
+            session_id: Some(session_id.to_string()),
+            kind: "request.result".into(),
+            payload,
+            session_change: (values > 0).then(|| SessionChange::Masked { id: session_id.to_string(), values }),
         }
     }
 
@@ -101,6 +125,8 @@ pub fn session_record(
         end_reason: None,
         requests: 0,
         denied: 0,
+        reviewed: 0,
+        masked: 0,
     }
 }
 

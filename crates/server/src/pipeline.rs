@@ -576,12 +576,7 @@ impl Pipeline for DataPath {
             payload["request_sample"] = json!(samples.request);
             payload["response_sample"] = json!(samples.response);
         }
-        let entry = Entry {
-            session_id: Some(session.id.clone()),
-            kind: "request.result".into(),
-            payload,
-            session_change: None,
-        };
+        let entry = Entry::result(&session.id, payload);
         if let Err(e) = self.app.audit.record_detached(vec![entry]) {
             tracing::error!(session = %session.id, error = %e, "a request result could not be recorded");
         }

@@ -254,6 +254,8 @@ fn session(id: &str, identity: &str, started_at: i64) -> SessionRecord {
         end_reason: None,
         requests: 0,
         denied: 0,
+        reviewed: 0,
+        masked: 0,
     }
 }
 
@@ -264,8 +266,9 @@ async fn audit(store: &dyn Store) {
             events: vec![event(1, Some("s1")), event(2, Some("s1")), event(3, None)],
             sessions: vec![
                 SessionChange::Open(session("s1", "fn", 100)),
-                SessionChange::Request { id: "s1".into(), denied: false },
-                SessionChange::Request { id: "s1".into(), denied: true },
+                SessionChange::Request { id: "s1".into(), denied: false, reviewed: false },
+                SessionChange::Request { id: "s1".into(), denied: true, reviewed: true },
+                SessionChange::Masked { id: "s1".into(), values: 3 },
             ],
         })
         .await
@@ -293,8 +296,8 @@ async fn audit(store: &dyn Store) {
 
     let s1 = store.get_session("s1").await.unwrap().unwrap();
     assert_eq!(
-        (s1.requests, s1.denied, s1.ended_at, s1.end_reason.as_deref()),
-        (2, 1, Some(300), Some("client closed"))
+        (s1.requests, s1.denied, s1.reviewed, s1.masked, s1.ended_at, s1.end_reason.as_deref()),
+        (2, 1, 1, 3, Some(300), Some("client closed"))
     );
     let listed = store.list_sessions(SessionFilter { limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["s2", "s1"], "newest first");
@@ -308,6 +311,28 @@ async fn audit(store: &dyn Store) {
     let before =
         store.list_sessions(SessionFilter { before: Some(200), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(before.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["s1"]);
+    let ids = |list: Vec<SessionRecord>| list.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    for outcome in [SessionOutcome::Denied, SessionOutcome::Reviewed, SessionOutcome::Masked] {
+        let filter = SessionFilter { outcome: Some(outcome), limit: 10, ..Default::default() };
+        assert_eq!(ids(store.list_sessions(filter).await.unwrap()), vec!["s1"], "{outcome:?}");
+    }
+    let since = SessionFilter { since: Some(150), limit: 10, ..Default::default() };
+    assert_eq!(ids(store.list_sessions(since).await.unwrap()), vec!["s2"]);
+    let mut http = session("s3", "fn", 200);
+    http.protocol = "http".into();
+    store
+        .append_audit(AuditBatch { events: vec![event(6, Some("s3"))], sessions: vec![SessionChange::Open(http)] })
+        .await
+        .unwrap();
+    let by_protocol = SessionFilter { protocol: Some("http".into()), limit: 10, ..Default::default() };
+    assert_eq!(ids(store.list_sessions(by_protocol).await.unwrap()), vec!["s3"]);
+    // Paging by (started_at, id): s3 and s2 share a millisecond; the page after s3 goes on with s2.
+    let first = store.list_sessions(SessionFilter { limit: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(ids(first.clone()), vec!["s3"]);
+    let next = SessionFilter { before: Some(200), before_id: Some("s3".into()), limit: 10, ..Default::default() };
+    assert_eq!(ids(store.list_sessions(next).await.unwrap()), vec!["s2", "s1"]);
     assert!(store.get_session("nope").await.unwrap().is_none());
-    assert_eq!(store.open_sessions().await.unwrap(), vec!["s2".to_string()], "s1 was closed");
+    let mut open = store.open_sessions().await.unwrap();
+    open.sort();
+    assert_eq!(open, vec!["s2".to_string(), "s3".to_string()], "s1 was closed");
 }

@@ -136,15 +136,33 @@ pub struct SessionRecord {
     pub ended_at: Option<i64>,
     pub end_reason: Option<String>,
     pub requests: i64,
+    /// Requests not allowed outright: denied, or held for review.
     pub denied: i64,
+    /// Requests held for review.
+    pub reviewed: i64,
+    /// Values masked in the session's results.
+    pub masked: i64,
 }
 
 /// What a batch of audit events does to the sessions table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionChange {
     Open(SessionRecord),
-    Request { id: String, denied: bool },
-    Close { id: String, ended_at: i64, reason: String },
+    Request {
+        id: String,
+        denied: bool,
+        reviewed: bool,
+    },
+    /// Values were masked in a result of the session.
+    Masked {
+        id: String,
+        values: i64,
+    },
+    Close {
+        id: String,
+        ended_at: i64,
+        reason: String,
+    },
 }
 
 /// Events and session changes committed together.
@@ -158,9 +176,46 @@ pub struct AuditBatch {
 pub struct SessionFilter {
     pub identity: Option<String>,
     pub connection: Option<String>,
+    /// `postgres`, `http`, `api`, `mcp`, …
+    pub protocol: Option<String>,
+    /// Sessions that started at or after this time.
+    pub since: Option<i64>,
     /// Sessions that started before this time (for paging), newest first.
     pub before: Option<i64>,
+    /// With `before`: also the sessions that started at exactly `before` whose id sorts before
+    /// this one, so that a page boundary between sessions of the same millisecond loses none.
+    pub before_id: Option<String>,
+    /// Only sessions with this outcome.
+    pub outcome: Option<SessionOutcome>,
     pub limit: usize,
+}
+
+/// What happened in a session, to filter by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionOutcome {
+    /// At least one request was denied or held.
+    Denied,
+    /// At least one request was held for review.
+    Reviewed,
+    /// At least one value was masked.
+    Masked,
+}
+
+impl SessionOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionOutcome::Denied => "denied",
+            SessionOutcome::Reviewed => "reviewed",
+            SessionOutcome::Masked => "masked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [SessionOutcome::Denied, SessionOutcome::Reviewed, SessionOutcome::Masked]
+            .into_iter()
+            .find(|o| o.as_str() == text)
+    }
 }
 
 /// What a review asks for.

@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::{
     AuditBatch, ConnectionRecord, CredentialRecord, IdentityRecord, PolicyVersion, Result, ReviewFilter, ReviewKind,
-    ReviewRecord, ReviewStatus, SealedSecret, SecretKind, SessionChange, SessionFilter, SessionRecord, Store,
-    StoreError, StoredEvent,
+    ReviewRecord, ReviewStatus, SealedSecret, SecretKind, SessionChange, SessionFilter, SessionOutcome, SessionRecord,
+    Store, StoreError, StoredEvent,
 };
 
 mod embedded {
@@ -252,7 +252,7 @@ fn load_credentials(conn: &Connection, record: &mut ConnectionRecord) -> Result<
     Ok(())
 }
 
-const SESSION_COLS: &str = "id, identity, identity_kind, connection, protocol, client_addr, started_at, ended_at, end_reason, requests, denied";
+const SESSION_COLS: &str = "id, identity, identity_kind, connection, protocol, client_addr, started_at, ended_at, end_reason, requests, denied, reviewed, masked";
 
 fn session_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
@@ -267,6 +267,8 @@ fn session_row(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
         end_reason: row.get(8)?,
         requests: row.get(9)?,
         denied: row.get(10)?,
+        reviewed: row.get(11)?,
+        masked: row.get(12)?,
     })
 }
 
@@ -301,7 +303,7 @@ fn append_audit_tx(c: &mut Connection, batch: &AuditBatch) -> Result<()> {
             match change {
                 SessionChange::Open(s) => {
                     tx.prepare_cached(&format!(
-                        "INSERT INTO sessions ({SESSION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                        "INSERT INTO sessions ({SESSION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
                     ))
                     .map_err(db_err)?
                     .execute(params![
@@ -315,17 +317,26 @@ fn append_audit_tx(c: &mut Connection, batch: &AuditBatch) -> Result<()> {
                         s.ended_at,
                         s.end_reason,
                         s.requests,
-                        s.denied
+                        s.denied,
+                        s.reviewed,
+                        s.masked
                     ])
                     .map_err(db_err)?;
                 }
-                SessionChange::Request { id, denied } => {
+                SessionChange::Request { id, denied, reviewed } => {
                     tx.prepare_cached(
-                        "UPDATE sessions SET requests = requests + 1, denied = denied + ?2 WHERE id = ?1",
+                        "UPDATE sessions SET requests = requests + 1, denied = denied + ?2, reviewed = reviewed + ?3 \
+                         WHERE id = ?1",
                     )
                     .map_err(db_err)?
-                    .execute(params![id, i64::from(*denied)])
+                    .execute(params![id, i64::from(*denied), i64::from(*reviewed)])
                     .map_err(db_err)?;
+                }
+                SessionChange::Masked { id, values } => {
+                    tx.prepare_cached("UPDATE sessions SET masked = masked + ?2 WHERE id = ?1")
+                        .map_err(db_err)?
+                        .execute(params![id, values])
+                        .map_err(db_err)?;
                 }
                 SessionChange::Close { id, ended_at, reason } => {
                     tx.prepare_cached(
@@ -653,14 +664,24 @@ impl Store for SqliteStore {
 
     async fn list_sessions(&self, f: SessionFilter) -> Result<Vec<SessionRecord>> {
         let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
+        let outcome = f.outcome.map(SessionOutcome::as_str);
         self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT {SESSION_COLS} FROM sessions WHERE (?1 IS NULL OR identity = ?1) AND (?2 IS NULL OR connection = ?2) \
-                     AND (?3 IS NULL OR started_at < ?3) ORDER BY started_at DESC, id DESC LIMIT ?4"
+                     AND (?3 IS NULL OR protocol = ?3) AND (?4 IS NULL OR started_at >= ?4) \
+                     AND (?5 IS NULL OR started_at < ?5 OR (?6 IS NOT NULL AND started_at = ?5 AND id < ?6)) \
+                     AND (?7 IS NULL OR (?7 = 'denied' AND denied > 0) OR (?7 = 'reviewed' AND reviewed > 0) \
+                          OR (?7 = 'masked' AND masked > 0)) \
+                     ORDER BY started_at DESC, id DESC LIMIT ?8"
                 ))
                 .map_err(db_err)?;
-            let rows = stmt.query_map(params![f.identity, f.connection, f.before, limit], session_row).map_err(db_err)?;
+            let rows = stmt
+                .query_map(
+                    params![f.identity, f.connection, f.protocol, f.since, f.before, f.before_id, outcome, limit],
+                    session_row,
+                )
+                .map_err(db_err)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
         })
         .await

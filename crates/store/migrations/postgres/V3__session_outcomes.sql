@@ -1,0 +1,6 @@
+-- What the console filters sessions by: how many requests were held for review, and how many
+-- values were masked in results. Kept on the session row, as `requests` and `denied` are, so a
+-- filtered page reads the sessions table only.
+ALTER TABLE sessions ADD COLUMN reviewed BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN masked BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX sessions_protocol ON sessions (protocol, started_at DESC);
