@@ -3,7 +3,8 @@
 //! HMAC-SHA-256 under a key derived from the master key (expiry enforced, last use recorded at
 //! most once a minute per identity, so authentication does not turn every request into a
 //! write), and OIDC JWTs from the company's identity provider ([`oidc`]), which become
-//! `User::"…"` identities with the groups of a configured claim. This crate does not decide what
+//! `User::"…"` identities with the groups of a configured claim; and the web console's sign-in
+//! for people ([`login`]: the authorization code flow with PKCE). This crate does not decide what
 //! an identity may do; that is policy's job.
 
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ use gatehouse_core::Identity;
 use gatehouse_keys::{KeyError, Keys, Secret};
 use gatehouse_store::{IdentityRecord, Store};
 
+pub mod login;
 pub mod oidc;
 
 pub use oidc::{OidcSettings, OidcVerifier};
@@ -74,6 +76,11 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(store: Arc<dyn Store>, keys: Arc<Keys>, oidc: Option<Arc<OidcVerifier>>) -> Self {
         Authenticator { store, keys, oidc, touched: Mutex::new(HashMap::new()) }
+    }
+
+    /// The identity provider's verifier, when OIDC is configured.
+    pub fn oidc(&self) -> Option<&Arc<OidcVerifier>> {
+        self.oidc.as_ref()
     }
 
     /// The identity behind `token` (a service token or, when OIDC is configured, a JWT) at time

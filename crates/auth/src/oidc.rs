@@ -60,6 +60,15 @@ struct Cache {
     /// that is down is not asked again for every token.
     attempted: Option<Instant>,
     jwks_uri: Option<String>,
+    /// From the discovery document, for the console's sign-in.
+    endpoints: Option<Endpoints>,
+}
+
+/// Where a browser signs in (authorization code flow) and where the code is exchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub authorization: String,
+    pub token: String,
 }
 
 /// Verifies JWTs from one identity provider. Cheap to share; refreshes are serialised.
@@ -139,20 +148,11 @@ impl OidcVerifier {
     /// provider removed stop verifying.
     async fn refresh(&self) -> Result<usize, String> {
         self.cache.write().await.attempted = Some(Instant::now());
-        let jwks_uri = match self.cache.read().await.jwks_uri.clone() {
+        // The read guard must be gone before `discover` takes the write lock.
+        let known = self.cache.read().await.jwks_uri.clone();
+        let jwks_uri = match known {
             Some(uri) => uri,
-            None => {
-                let url = format!("{}/.well-known/openid-configuration", self.settings.issuer.trim_end_matches('/'));
-                let doc = self.fetch_json(&url).await?;
-                let issuer = doc["issuer"].as_str().unwrap_or_default();
-                if issuer != self.settings.issuer {
-                    return Err(format!(
-                        "the discovery document names issuer {issuer:?}, not the configured {:?}",
-                        self.settings.issuer
-                    ));
-                }
-                doc["jwks_uri"].as_str().ok_or_else(|| format!("{url}: no jwks_uri"))?.to_string()
-            }
+            None => self.discover().await?.0,
         };
         let started = Instant::now();
         let set: JwkSet =
@@ -178,6 +178,43 @@ impl OidcVerifier {
         cache.jwks_uri = Some(jwks_uri);
         tracing::debug!(keys = n, "JWKS loaded");
         Ok(n)
+    }
+
+    /// Reads the discovery document: the JWKS address, and the sign-in endpoints if it names them.
+    async fn discover(&self) -> Result<(String, Option<Endpoints>), String> {
+        let url = format!("{}/.well-known/openid-configuration", self.settings.issuer.trim_end_matches('/'));
+        let doc = self.fetch_json(&url).await?;
+        let issuer = doc["issuer"].as_str().unwrap_or_default();
+        if issuer != self.settings.issuer {
+            return Err(format!(
+                "the discovery document names issuer {issuer:?}, not the configured {:?}",
+                self.settings.issuer
+            ));
+        }
+        let jwks_uri = doc["jwks_uri"].as_str().ok_or_else(|| format!("{url}: no jwks_uri"))?.to_string();
+        let endpoints = match (doc["authorization_endpoint"].as_str(), doc["token_endpoint"].as_str()) {
+            (Some(authorization), Some(token)) => {
+                Some(Endpoints { authorization: authorization.to_string(), token: token.to_string() })
+            }
+            _ => None,
+        };
+        let mut cache = self.cache.write().await;
+        cache.endpoints.clone_from(&endpoints);
+        Ok((jwks_uri, endpoints))
+    }
+
+    /// The provider's authorization and token endpoints, from its discovery document (read once).
+    pub async fn endpoints(&self) -> Result<Endpoints, String> {
+        let known = self.cache.read().await.endpoints.clone();
+        if let Some(found) = known {
+            return Ok(found);
+        }
+        self.discover().await?.1.ok_or_else(|| {
+            format!(
+                "the identity provider {} publishes no authorization_endpoint and token_endpoint",
+                self.settings.issuer
+            )
+        })
     }
 
     async fn key(&self, kid: &str) -> Result<Arc<Key>, AuthError> {
@@ -214,6 +251,23 @@ impl OidcVerifier {
 
     /// Checks a JWT and returns the user it names, with the groups of the configured claim.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let claims = self.claims(token, &self.settings.audience).await?;
+        self.identity(&claims)
+    }
+
+    /// Checks an ID token from the console's sign-in: signed by the provider, for `client_id`,
+    /// carrying the `nonce` the sign-in started with. Returns the user it names.
+    pub async fn verify_id_token(&self, token: &str, client_id: &str, nonce: &str) -> Result<Identity, AuthError> {
+        let claims = self.claims(token, client_id).await?;
+        match claims["nonce"].as_str() {
+            Some(n) if constant_time_eq(n.as_bytes(), nonce.as_bytes()) => self.identity(&claims),
+            Some(_) => Err(AuthError::Rejected("ID token carries another sign-in's nonce".into())),
+            None => Err(AuthError::Rejected("ID token carries no nonce".into())),
+        }
+    }
+
+    /// The claims of a JWT whose signature, issuer, audience and times check out.
+    async fn claims(&self, token: &str, audience: &str) -> Result<Value, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
         if !ALLOWED.contains(&header.alg) {
             return Err(AuthError::Rejected(format!("signature algorithm {:?} is not allowed", header.alg)));
@@ -227,7 +281,7 @@ impl OidcVerifier {
         validation.leeway = self.settings.leeway.as_secs();
         validation.validate_nbf = true;
         validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&[&self.settings.audience]);
+        validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let data = jsonwebtoken::decode::<Value>(token, &key.key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
@@ -246,7 +300,11 @@ impl OidcVerifier {
                 .into(),
             )
         })?;
-        let claims = data.claims;
+        Ok(data.claims)
+    }
+
+    /// The user a verified token's claims name, with the groups of the configured claim.
+    fn identity(&self, claims: &Value) -> Result<Identity, AuthError> {
         let name = claims[&self.settings.username_claim]
             .as_str()
             .filter(|s| !s.is_empty())
@@ -259,6 +317,17 @@ impl OidcVerifier {
         let expires_at = claims["exp"].as_i64().map(|e| e.saturating_mul(1000));
         Ok(Identity { kind: IdentityKind::User, name: name.to_string(), groups, expires_at })
     }
+
+    /// The HTTP client the verifier fetches with (timeouts and user agent set), for the token
+    /// exchange of the console's sign-in.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+/// Equal bytes, compared in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether a bearer value looks like a JWT (three base64url parts).
