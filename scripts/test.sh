@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Gatehouse's whole test suite on a fresh machine: installs what the tests need and is
-# missing (Debian packages with apt-get, Python packages with pip, the OIDC provider with npm,
-# cargo-nextest with cargo), then runs every test with
+# missing (Debian packages with apt-get, Python packages with pip, the OIDC provider and the
+# browser driver with npm, cargo-nextest with cargo), then runs every test with
 # cargo nextest. Tests start their own servers on loopback ports picked at run time; they do not
 # use services already running on the machine.
 set -euo pipefail
@@ -27,6 +27,9 @@ command -v npm >/dev/null 2>&1 || packages+=(npm)
 command -v python3 >/dev/null 2>&1 || packages+=(python3 python3-pip)
 # nginx: an HTTPS, HTTP/2 upstream for the HTTP adapter's tests.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || packages+=(nginx-light)
+# chromium: the headless browser the web-console tests drive (through playwright-core, which
+# never downloads a browser of its own).
+[ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 
 if [ "${#packages[@]}" -gt 0 ]; then
     echo "installing: ${packages[*]}"
@@ -55,6 +58,10 @@ pip_install brotli 'brotli==1.1.0'
 # The OIDC provider the tests run (an npm package, pinned by its lockfile).
 if [ ! -d crates/testkit/oidc/node_modules/oauth2-mock-server ]; then
     npm ci --prefix crates/testkit/oidc --no-audit --no-fund
+fi
+# The driver of the headless browser (an npm package, pinned by its lockfile).
+if [ ! -d crates/testkit/browser/node_modules/playwright-core ]; then
+    npm ci --prefix crates/testkit/browser --no-audit --no-fund
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -2,7 +2,7 @@
 //
 //   node provider.mjs <port>
 //
-// Serves oauth2-mock-server's endpoints (discovery document, JWKS, token, ...) on
+// Serves oauth2-mock-server's endpoints (discovery document, JWKS, authorize, token, ...) on
 // http://127.0.0.1:<port>, prints `ready <issuer-url>` on stdout once listening, then answers
 // one JSON object per line on stdin with one JSON line on stdout (see `commands` below). A request
 // may carry an "id", which its answer repeats. Failures answer {"error": "..."}. Closing stdin
@@ -12,12 +12,20 @@
 // with no way to see requests or drop a key. So this script assembles the same public classes
 // itself: the HTTP listener is wrapped to count JWKS fetches, and the issuer is a subclass whose
 // key store can be swapped for a fresh one (JWKStore has no removal), which is how keys rotate.
+//
+// The authorization-code flow is the package's own: GET /authorize redirects at once to the
+// redirect_uri with a fresh code (no login page), and POST /token with
+// grant_type=authorization_code issues an access token and an id_token (aud = client_id, the
+// nonce given to /authorize). `login_as` sets the claims of the user "logging in" that way, laid
+// over both tokens through the service's beforeTokenSigning event.
 
 import { createInterface } from 'node:readline';
 import { HttpServer, JWKStore, OAuth2Issuer, OAuth2Service } from 'oauth2-mock-server';
 
 const ALG = 'RS256';
 const JWKS_PATH = '/jwks';
+// The package's default token endpoint.
+const TOKEN_PATH = '/token';
 const HOST = '127.0.0.1';
 
 // Anything a dependency logs must not end up in the protocol stream.
@@ -58,15 +66,35 @@ const issuer = new RotatingIssuer();
 issuer.url = `http://${HOST}:${port}`;
 let signingKey = await issuer.rotate();
 
-const service = new OAuth2Service(issuer, { jwks: JWKS_PATH });
+const service = new OAuth2Service(issuer, { jwks: JWKS_PATH, token: TOKEN_PATH });
 let jwksFetches = 0;
+// Token requests with grant_type=authorization_code, and those of them carrying a code_verifier
+// (PKCE), whether or not the provider accepted them.
+let codeExchanges = 0;
+let pkceExchanges = 0;
 const http = new HttpServer((req, res) => {
   // Express routes case-insensitively and ignores a trailing slash; count the same requests.
   const path = (req.url ?? '').split('?')[0].toLowerCase().replace(/\/+$/, '');
   if ((req.method === 'GET' || req.method === 'HEAD') && path === JWKS_PATH) {
     jwksFetches += 1;
   }
+  if (req.method === 'POST' && path === TOKEN_PATH) {
+    // The body is parsed by the service (onto req.body) before it answers.
+    res.on('finish', () => {
+      const body = req.body;
+      if (body !== null && typeof body === 'object' && body.grant_type === 'authorization_code') {
+        codeExchanges += 1;
+        if (typeof body.code_verifier === 'string') pkceExchanges += 1;
+      }
+    });
+  }
   service.requestHandler(req, res);
+});
+
+// The claims of the user logging in through the authorization-code flow (see `login_as`).
+let loginClaims = {};
+service.on('beforeTokenSigning', (token, req) => {
+  if (req?.body?.grant_type === 'authorization_code') applyClaims(loginClaims)(token.header, token.payload);
 });
 
 // An issuer with its own key, never published: tokens from it must be refused.
@@ -144,8 +172,15 @@ const commands = {
     return { jwk };
   },
 
+  /** Claims laid over the access token and id_token of every later authorization-code exchange. */
+  async login_as(req) {
+    if (req.claims === undefined) throw new Error('"claims" is required');
+    loginClaims = { ...checkClaims(req.claims) };
+    return {};
+  },
+
   async stats() {
-    return { jwks_fetches: jwksFetches };
+    return { jwks_fetches: jwksFetches, code_exchanges: codeExchanges, pkce_exchanges: pkceExchanges };
   },
 };
 

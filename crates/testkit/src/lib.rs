@@ -3,7 +3,10 @@
 //! sibling modules built on [`common`]) and an OpenID Connect provider ([`OidcProvider`]: the
 //! npm package `oauth2-mock-server` run by `node` as the current user, installed with `npm ci
 //! --prefix crates/testkit/oidc`) on loopback ports picked at run time, each in its own
-//! temporary directory, and tears them down on Drop. When the tests run as root, servers run as
+//! temporary directory, and tears them down on Drop. For the web console it drives a real
+//! headless browser ([`Browser`]: the machine's `chromium` under the npm package
+//! `playwright-core`, run by `node`, installed with `npm ci --prefix crates/testkit/browser`),
+//! one isolated browser context per simulated user. When the tests run as root, servers run as
 //! an unprivileged account (`nobody`, or `GATEHOUSE_TEST_USER`) via `runuser`. It does not mock
 //! anything, install packages, download binaries, touch the machine's own servers (5432, 3306,
 //! 6379 …) or clean up after a process killed with SIGKILL (Drop must run); its API is blocking,
@@ -29,16 +32,20 @@
 //!
 //! Environment: `GATEHOUSE_TEST_PG_BINDIR` picks the PostgreSQL binaries (default:
 //! `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`); `GATEHOUSE_TEST_USER`
-//! picks the account servers run as when the tests are root (default `nobody`).
+//! picks the account servers run as when the tests are root (default `nobody`);
+//! `GATEHOUSE_TEST_NODE` picks `node` (default: from `PATH`) and `GATEHOUSE_TEST_CHROMIUM` the
+//! browser (default `/usr/bin/chromium`, Debian's `chromium`).
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod common;
 pub mod fuzz;
 pub mod gateway;
 pub mod oidc;
 pub mod postgres;
 
+pub use browser::{Browser, Page};
 pub use gateway::Gateway;
 pub use oidc::OidcProvider;
 pub use postgres::{PgAuth, Postgres};

@@ -6,6 +6,18 @@
 //! a key the JWKS does not publish, rotate the signing key (the old one leaves the JWKS), read the
 //! public JWK, and count JWKS fetches (to check a verifier's caching).
 //!
+//! It also serves the package's authorization-code flow for interactive logins:
+//! `GET <issuer>/authorize?response_type=code&client_id=…&redirect_uri=…&state=…&nonce=…` (with
+//! `code_challenge`/`code_challenge_method=S256` for PKCE) redirects at once, without a login
+//! page, to `redirect_uri?code=…&state=…`, and `POST <issuer>/token` with
+//! `grant_type=authorization_code&code=…&client_id=…` (and `code_verifier`) answers an
+//! `access_token` and an `id_token` (`aud` = the client id, `nonce` = the one given to
+//! `/authorize`, `sub` = `johndoe`). [`OidcProvider::login_as`] picks who logs in: its claims are
+//! laid over both tokens of every later exchange. [`OidcProvider::code_exchanges`] counts the
+//! exchanges, and those that carried a `code_verifier`. Mind that the package checks the
+//! verifier against the challenge only when one is sent, and checks neither the code itself nor
+//! the `redirect_uri`: a test of a client's PKCE looks at the counts, not at a refusal.
+//!
 //! The package is installed by the test command, not by the kit: run
 //! `npm ci --prefix crates/testkit/oidc` ([`NPM_INSTALL`]) once before the tests. `node` (20.19 or
 //! newer) is taken from `PATH` unless [`ENV_NODE`] names it. Node runs as the current user even
@@ -25,6 +37,9 @@
 //! let forged = idp.token_with_unknown_key(json!({ "aud": "gatehouse" }))?;
 //! idp.rotate_keys()?; // `jwt` no longer verifies against the published JWKS
 //! let _fetches = idp.jwks_fetches()?;
+//! idp.login_as(json!({ "sub": "alice", "email": "alice@example.com", "groups": ["dba"] }))?;
+//! // … a browser goes through <issuer>/authorize, the client posts the code to <issuer>/token …
+//! let (_exchanges, _with_pkce) = idp.code_exchanges()?;
 //! let _issuer = idp.issuer(); // "http://127.0.0.1:<port>", as the discovery document says
 //! # let _ = (jwt, expired, forged);
 //! # Ok(())
@@ -88,6 +103,12 @@ pub fn package_dir() -> PathBuf {
 
 /// The `node` binary: [`ENV_NODE`] if set, else `node` from `PATH`.
 pub fn find_node() -> Result<PathBuf> {
+    find_node_for(&format!("the OIDC provider ({PACKAGE} from npm) needs Node.js 20.19 or newer"), NPM_INSTALL)
+}
+
+/// [`find_node`] for another user of node: `why` says who needs it, `install` is the npm command
+/// to run once node is there.
+pub(crate) fn find_node_for(why: &str, install: &str) -> Result<PathBuf> {
     if let Some(node) = std::env::var_os(ENV_NODE) {
         let node = PathBuf::from(node);
         if node.is_file() {
@@ -97,8 +118,8 @@ pub fn find_node() -> Result<PathBuf> {
     }
     cmd::which("node").with_context(|| {
         format!(
-            "`node` not found in PATH: the OIDC provider ({PACKAGE} from npm) needs Node.js 20.19 or \
-             newer; install it (Debian: `nodejs` and `npm`) or set {ENV_NODE}, then run `{NPM_INSTALL}`"
+            "`node` not found in PATH: {why}; install it (Debian: `nodejs` and `npm`) or set {ENV_NODE}, then \
+             run `{install}`"
         )
     })
 }
@@ -271,10 +292,28 @@ impl OidcProvider {
     /// the provider started.
     pub fn jwks_fetches(&self) -> Result<u64> {
         let answer = self.request("stats", json!({}))?;
-        answer
-            .get("jwks_fetches")
-            .and_then(Value::as_u64)
-            .with_context(|| format!("the OIDC provider answered `stats` without a count: {answer}"))
+        count_field(&answer, "jwks_fetches")
+    }
+
+    /// Sets who logs in through the authorization-code flow (see the [module docs](self)): from
+    /// now on, the access token and the id_token of every `grant_type=authorization_code` token
+    /// request carry `claims` (a JSON object) laid over what the package puts there (`iss`,
+    /// `iat`, `exp`, `nbf`, `sub` = `johndoe`, `amr`, `scope`; on the id_token `aud` = the client
+    /// id and the `nonce` given to `/authorize`). A claim set to `null` is removed. Each call
+    /// replaces the claims of the one before; `json!({})` goes back to the package's defaults.
+    /// Tokens from [`token`](Self::token) and the other grants are not affected.
+    pub fn login_as(&self, claims: Value) -> Result<()> {
+        check_claims(&claims)?;
+        self.request("login_as", json!({ "claims": claims }))?;
+        Ok(())
+    }
+
+    /// `(all, with_pkce)`: how many token requests with `grant_type=authorization_code` the
+    /// provider answered since it started, and how many of them carried a `code_verifier`;
+    /// refused ones (say, a verifier that does not match the challenge) count too.
+    pub fn code_exchanges(&self) -> Result<(u64, u64)> {
+        let answer = self.request("stats", json!({}))?;
+        Ok((count_field(&answer, "code_exchanges")?, count_field(&answer, "pkce_exchanges")?))
     }
 
     /// Sends one command (`fields` plus `cmd` and a fresh `id`) and waits for its answer.
@@ -344,6 +383,13 @@ fn check_claims(claims: &Value) -> Result<()> {
         bail!("token claims must be a JSON object, got {claims}");
     }
     Ok(())
+}
+
+fn count_field(answer: &Value, name: &str) -> Result<u64> {
+    answer
+        .get(name)
+        .and_then(Value::as_u64)
+        .with_context(|| format!("the OIDC provider answered `stats` without a count {name:?}: {answer}"))
 }
 
 fn string_field(answer: &Value, name: &str) -> Result<String> {

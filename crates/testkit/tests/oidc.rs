@@ -1,6 +1,9 @@
 //! Starts the real OIDC provider (`oauth2-mock-server` under node) and checks what the kit
 //! promises, fetching over HTTP with the stock `curl` and verifying RS256 signatures with `ring`.
-//! Needs `npm ci --prefix crates/testkit/oidc` first.
+//! Needs `npm ci --prefix crates/testkit/oidc` first; the authorization-code test also drives the
+//! kit's headless browser (`npm ci --prefix crates/testkit/browser`, Debian's `chromium`).
+
+mod support;
 
 use std::process::Command;
 use std::thread;
@@ -9,10 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gatehouse_testkit::OidcProvider;
 use gatehouse_testkit::common::cmd::{self, SETUP_TIMEOUT};
 use gatehouse_testkit::common::net::{port_accepts, wait_for_port_closed};
+use gatehouse_testkit::common::random_hex;
+use gatehouse_testkit::{Browser, OidcProvider, Page};
 use serde_json::{Value, json};
+use support::{Answer, HttpServer};
 
 /// `curl -fsS` the URL and parse the body as JSON.
 fn get_json(url: &str) -> Result<Value> {
@@ -305,5 +310,128 @@ fn drop_stops_node_and_removes_its_directory() -> Result<()> {
     drop(idp);
     wait_for_port_closed(port, Duration::from_secs(10))?;
     assert!(!dir.exists(), "{} left behind", dir.display());
+    Ok(())
+}
+
+/// `s` with everything but RFC 3986's unreserved characters percent-encoded.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of `name` in the query string of `url` (not decoded; the provider's codes and the
+/// test's states need no decoding).
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(str::to_owned)
+}
+
+/// The client id the tests log in to.
+const CLIENT_ID: &str = "gatehouse-console";
+
+/// Sends the browser to `<issuer>/authorize` (with an S256 `code_challenge` if given), lets the
+/// provider redirect it to `redirect_uri`, and returns the code from the URL it landed on.
+fn authorize(page: &Page<'_>, idp: &OidcProvider, redirect_uri: &str, challenge: Option<&str>) -> Result<String> {
+    let pkce = challenge.map(|c| format!("&code_challenge={c}&code_challenge_method=S256")).unwrap_or_default();
+    let url = format!(
+        "{}/authorize?response_type=code&client_id={CLIENT_ID}&redirect_uri={}&state=s&nonce=n&scope=openid{pkce}",
+        idp.issuer(),
+        encode(redirect_uri)
+    );
+    assert_eq!(page.goto(&url)?, 200);
+    let landed = page.url()?;
+    assert!(landed.starts_with(redirect_uri), "{landed}");
+    assert_eq!(page.text("#cb")?, "callback");
+    assert_eq!(query_param(&landed, "state").as_deref(), Some("s"), "{landed}");
+    query_param(&landed, "code").with_context(|| format!("no code in {landed}"))
+}
+
+/// POSTs `grant_type=authorization_code` to `<issuer>/token` with `curl`; the HTTP status and
+/// the JSON body.
+fn exchange(idp: &OidcProvider, code: &str, redirect_uri: &str, verifier: Option<&str>) -> Result<(u16, Value)> {
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "--max-time", "20", "-w", "\\n%{http_code}"]);
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("client_id", CLIENT_ID),
+        ("redirect_uri", redirect_uri),
+    ];
+    form.extend(verifier.map(|v| ("code_verifier", v)));
+    for (name, value) in form {
+        curl.arg("--data-urlencode").arg(format!("{name}={value}"));
+    }
+    curl.arg(format!("{}/token", idp.issuer()));
+    let out = cmd::run(&mut curl, SETUP_TIMEOUT)?;
+    let (body, status) = out.rsplit_once('\n').with_context(|| format!("no status line in {out:?}"))?;
+    let body = serde_json::from_str(body).with_context(|| format!("the token endpoint returned non-JSON: {body}"))?;
+    Ok((status.trim().parse()?, body))
+}
+
+#[test]
+fn authorization_code_flow_carries_the_login_claims() -> Result<()> {
+    let idp = OidcProvider::start()?;
+    let app = HttpServer::start(|_, target| {
+        if target.starts_with("/cb?") { Answer::html(r#"<p id="cb">callback</p>"#) } else { Answer::not_found() }
+    })?;
+    let redirect_uri = format!("{}/cb", app.url());
+    let browser = Browser::start()?;
+    let page = browser.context("alice");
+    assert_eq!(idp.code_exchanges()?, (0, 0));
+
+    idp.login_as(json!({ "sub": "alice", "email": "alice@example.com", "groups": ["dba", "ops"], "amr": null }))?;
+    let verifier = random_hex(32)?;
+    let challenge = URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()));
+    let code = authorize(&page, &idp, &redirect_uri, Some(&challenge))?;
+    let (status, tokens) = exchange(&idp, &code, &redirect_uri, Some(&verifier))?;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(tokens["token_type"], "Bearer", "{tokens}");
+    assert_eq!(idp.code_exchanges()?, (1, 1));
+
+    let id_token = tokens["id_token"].as_str().with_context(|| format!("no id_token in {tokens}"))?;
+    let access_token = tokens["access_token"].as_str().with_context(|| format!("no access_token in {tokens}"))?;
+    for token in [id_token, access_token] {
+        assert!(verifies_against_jwks(&idp, token)?);
+        let (_, claims) = decode(token)?;
+        assert_eq!(claims["iss"], idp.issuer(), "{claims}");
+        assert_eq!(claims["sub"], "alice", "{claims}");
+        assert_eq!(claims["email"], "alice@example.com", "{claims}");
+        assert_eq!(claims["groups"], json!(["dba", "ops"]), "{claims}");
+        assert!(claims.get("amr").is_none(), "null removes a claim: {claims}");
+    }
+    let (_, id_claims) = decode(id_token)?;
+    assert_eq!(id_claims["aud"], CLIENT_ID, "{id_claims}");
+    assert_eq!(id_claims["nonce"], "n", "{id_claims}");
+
+    // A verifier that does not match the challenge is refused, and counted.
+    let code = authorize(&page, &idp, &redirect_uri, Some(&challenge))?;
+    let (status, body) = exchange(&idp, &code, &redirect_uri, Some(&random_hex(32)?))?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error_description"].as_str().is_some_and(|d| d.contains("code_verifier")), "{body}");
+    assert!(body.get("id_token").is_none(), "{body}");
+    assert_eq!(idp.code_exchanges()?, (2, 2));
+
+    // Without PKCE; the claims of a later login_as replace the earlier ones and may override the
+    // package's aud and nonce.
+    idp.login_as(json!({ "sub": "bob", "aud": "elsewhere", "nonce": null }))?;
+    let code = authorize(&page, &idp, &redirect_uri, None)?;
+    let (status, tokens) = exchange(&idp, &code, &redirect_uri, None)?;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(idp.code_exchanges()?, (3, 2));
+    let (_, id_claims) = decode(tokens["id_token"].as_str().context("id_token")?)?;
+    assert_eq!(id_claims["sub"], "bob", "{id_claims}");
+    assert_eq!(id_claims["aud"], "elsewhere", "{id_claims}");
+    assert!(id_claims.get("nonce").is_none() && id_claims.get("email").is_none(), "{id_claims}");
+
+    // Tokens minted directly are not logins.
+    let (_, minted) = decode(&idp.token(json!({}))?)?;
+    assert!(minted.get("sub").is_none(), "{minted}");
+    let err = idp.login_as(json!("alice")).err().context("claims must be an object")?;
+    assert!(err.to_string().contains("JSON object"), "{err:#}");
+    assert!(page.errors()?.is_empty());
     Ok(())
 }
