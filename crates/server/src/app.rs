@@ -40,6 +40,8 @@ pub struct App {
     /// What one-off HTTP requests (the exec API, agents' tools) run with: the HTTP listener's
     /// settings and its pooled upstream clients.
     pub http: crate::exec::HttpExec,
+    /// The web console's settings and sign-ins.
+    pub console: crate::console::Console,
 }
 
 /// Why a sign-in did not succeed.

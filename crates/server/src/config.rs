@@ -17,7 +17,7 @@ const TOP_LEVEL: &[&str] = &["data_dir", "store"];
 /// (another tool's, or a section a later version adds) are ignored with a warning; a wrong key
 /// inside a known section stops the server.
 const SECTIONS: &[&str] =
-    &["listen", "tls", "audit", "log", "server", "oidc", "metrics", "postgres", "http", "reviews", "limits"];
+    &["listen", "tls", "audit", "log", "server", "oidc", "metrics", "postgres", "http", "reviews", "limits", "console"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -38,6 +38,7 @@ pub struct Config {
     pub reviews: Reviews,
     pub access: Access,
     pub limits: Limits,
+    pub console: Console,
 }
 
 impl Default for Config {
@@ -57,6 +58,7 @@ impl Default for Config {
             reviews: Reviews::default(),
             access: Access::default(),
             limits: Limits::default(),
+            console: Console::default(),
         }
     }
 }
@@ -101,7 +103,7 @@ pub struct Tls {
 }
 
 /// The company's identity provider. Empty `issuer`: OIDC is off and only service tokens work.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Oidc {
     /// Issuer URL; must be https:// except on a loopback address.
@@ -122,6 +124,22 @@ pub struct Oidc {
     pub jwks_min_refresh: String,
     /// The JWKS is refetched after this long in any case.
     pub jwks_max_age: String,
+}
+
+impl std::fmt::Debug for Oidc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Oidc")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("groups_claim", &self.groups_claim)
+            .field("username_claim", &self.username_claim)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &if self.client_secret.is_empty() { "" } else { "<redacted>" })
+            .field("leeway", &self.leeway)
+            .field("jwks_min_refresh", &self.jwks_min_refresh)
+            .field("jwks_max_age", &self.jwks_max_age)
+            .finish()
+    }
 }
 
 impl Default for Oidc {
@@ -287,6 +305,53 @@ fn parse_size(text: &str) -> Option<usize> {
     n.checked_mul(mult)
 }
 
+/// The web console, served on the API listener under `/console/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Console {
+    /// Serve the console (the REST API is served either way).
+    #[serde(deserialize_with = "lenient::bool")]
+    pub enabled: bool,
+    /// How long a console sign-in lasts at most (an OIDC sign-in also ends when its ID token
+    /// expires; a token sign-in when its token does).
+    pub session_lifetime: String,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Console { enabled: true, session_lifetime: "8h".into() }
+    }
+}
+
+/// The console's settings, checked.
+#[derive(Clone)]
+pub struct ConsoleSettings {
+    pub enabled: bool,
+    pub session_lifetime: Duration,
+    /// Cookies get `Secure`: the API listener serves TLS.
+    pub secure_cookies: bool,
+    /// The address browsers reach the gateway at (`[reviews] public_url`), for the OIDC
+    /// redirect URI `<public_url>/console/callback`.
+    pub public_url: String,
+    /// The OIDC client the console signs people in as (`[oidc] client_id`, else the audience).
+    pub client_id: String,
+    /// `[oidc] client_secret`, for a confidential client.
+    pub client_secret: Option<gatehouse_keys::Secret>,
+}
+
+impl std::fmt::Debug for ConsoleSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleSettings")
+            .field("enabled", &self.enabled)
+            .field("session_lifetime", &self.session_lifetime)
+            .field("secure_cookies", &self.secure_cookies)
+            .field("public_url", &self.public_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
@@ -410,6 +475,8 @@ pub struct ReviewSettings {
     pub webhook_url: Option<reqwest::Url>,
     /// Without a trailing slash.
     pub public_url: String,
+    /// Links to a review open it in the web console (else in the REST API).
+    pub console_links: bool,
     /// Requestable groups: approvers (group, quorum) and the longest window.
     pub access: BTreeMap<String, (Vec<(String, u32)>, Duration)>,
 }
@@ -448,6 +515,7 @@ pub struct Loaded {
     pub fsync_each_batch: bool,
     pub reviews: ReviewSettings,
     pub limits: LimitSettings,
+    pub console: ConsoleSettings,
 }
 
 /// Loads the configuration from an optional file, the process environment and the flags.
@@ -668,6 +736,25 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
     let shutdown_grace = humantime::parse_duration(&config.server.shutdown_grace)
         .map_err(|e| err("server.shutdown_grace", format!("{:?}: {e}", config.server.shutdown_grace)))?;
     let reviews = review_settings(&config, api_addr, tls.is_some(), &err)?;
+    let console = ConsoleSettings {
+        enabled: config.console.enabled,
+        session_lifetime: match humantime::parse_duration(&config.console.session_lifetime) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => return Err(err("console.session_lifetime", "must be longer than zero".into())),
+            Err(e) => {
+                return Err(err("console.session_lifetime", format!("{:?}: {e}", config.console.session_lifetime)));
+            }
+        },
+        secure_cookies: tls.is_some() || reviews.public_url.starts_with("https://"),
+        public_url: reviews.public_url.clone(),
+        client_id: if config.oidc.client_id.is_empty() {
+            config.oidc.audience.clone()
+        } else {
+            config.oidc.client_id.clone()
+        },
+        client_secret: (!config.oidc.client_secret.is_empty())
+            .then(|| gatehouse_keys::Secret::new(config.oidc.client_secret.clone())),
+    };
     Ok(Loaded {
         config,
         store,
@@ -682,6 +769,7 @@ fn validate(config: Config, from_env: &BTreeMap<String, String>) -> Result<Loade
         fsync_each_batch,
         reviews,
         limits,
+        console,
     })
 }
 
@@ -778,6 +866,7 @@ fn review_settings(
         grant_validity: duration("reviews.grant_validity", &r.grant_validity)?,
         webhook_url,
         public_url,
+        console_links: config.console.enabled,
         access,
     })
 }

@@ -8,6 +8,7 @@ mod api;
 mod app;
 mod cli;
 mod config;
+mod console;
 mod exec;
 mod limits;
 mod mcp;

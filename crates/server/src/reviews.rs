@@ -69,9 +69,14 @@ impl Reviews {
         &self.settings
     }
 
-    /// Where an approver finds a review.
+    /// Where an approver finds a review: its card in the web console, or the REST API when the
+    /// console is off.
     pub fn link(&self, id: &str) -> String {
-        format!("{}/api/v1/reviews/{id}", self.settings.public_url)
+        if self.settings.console_links {
+            format!("{}/console/reviews#review-{id}", self.settings.public_url)
+        } else {
+            format!("{}/api/v1/reviews/{id}", self.settings.public_url)
+        }
     }
 
     /// Loads the access grants in force (at start-up).
@@ -351,18 +356,11 @@ pub fn refusal(review: &ReviewRecord) -> String {
 /// the client: the requester cannot decide their own review, and an approver must be in one of
 /// the review's approver groups now. Each approver group needs its quorum of distinct approvers;
 /// one denial denies.
-pub async fn vote(
-    app: &App,
-    caller: &Identity,
-    id: &str,
-    approve: bool,
-    comment: &str,
-) -> Result<ReviewRecord, ApiError> {
-    let _one_at_a_time = app.reviews.voting.lock().await;
-    let now = now_ms();
-    let mut review =
-        app.store.get_review(id).await?.ok_or_else(|| ApiError::NotFound(format!("review {id:?} not found")))?;
-    let verb = if approve { "approve" } else { "deny" };
+/// Why `caller` may not cast a vote (`verb`: approve or deny) on `review` at `now`, if anything
+/// stands in the way, and the caller's groups that the review accepts approvers from. Checked on
+/// every vote, and shown by the console to decide which buttons to offer.
+pub fn obstacle(review: &ReviewRecord, caller: &Identity, now: i64, verb: &str) -> (Option<ApiError>, Vec<String>) {
+    let id = &review.id;
     let refuse = |message: String| ApiError::Forbidden { message, policies: vec![] };
     let mut problem = None;
     if review.status == ReviewStatus::Pending && review.expires_at <= now {
@@ -384,6 +382,22 @@ pub async fn vote(
     if problem.is_none() && review.votes.iter().any(|v| v.approver == caller.name && v.approver_kind == caller.kind) {
         problem = Some(ApiError::Conflict(format!("{} has already decided on review {id}", caller.entity_ref())));
     }
+    (problem, groups)
+}
+
+pub async fn vote(
+    app: &App,
+    caller: &Identity,
+    id: &str,
+    approve: bool,
+    comment: &str,
+) -> Result<ReviewRecord, ApiError> {
+    let _one_at_a_time = app.reviews.voting.lock().await;
+    let now = now_ms();
+    let mut review =
+        app.store.get_review(id).await?.ok_or_else(|| ApiError::NotFound(format!("review {id:?} not found")))?;
+    let verb = if approve { "approve" } else { "deny" };
+    let (problem, groups) = obstacle(&review, caller, now, verb);
     // Recorded before it takes effect, refused attempts included.
     let action = format!("review.{verb}");
     let denied = problem.is_some();

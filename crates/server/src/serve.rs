@@ -203,6 +203,7 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
             }),
             upstreams: Arc::default(),
         },
+        console: crate::console::Console::new(loaded.console.clone()),
     });
     bootstrap(&app).await?;
     app.reviews.load_access(&app.store.active_access_grants(now_ms()).await?);

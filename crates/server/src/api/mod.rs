@@ -21,13 +21,13 @@ use utoipa_axum::routes;
 
 use crate::app::{App, SignInError};
 
-mod audit;
-mod connections;
-mod exec;
-mod identities;
-mod policies;
-mod reviews;
-mod sessions;
+pub(crate) mod audit;
+pub(crate) mod connections;
+pub(crate) mod exec;
+pub(crate) mod identities;
+pub(crate) mod policies;
+pub(crate) mod reviews;
+pub(crate) mod sessions;
 
 pub use connections::{ConnectionInput, CredentialInput, SecretInput};
 pub use identities::NewIdentity;
@@ -322,6 +322,7 @@ pub fn router(app: AppState) -> Router {
     router
         .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
         .merge(crate::mcp::service(app.clone()))
+        .merge(crate::console::router(&app))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
