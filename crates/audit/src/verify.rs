@@ -17,6 +17,8 @@ pub struct VerifyReport {
     /// The sequence number of the first bad or missing event.
     pub first_bad: Option<i64>,
     pub problem: Option<String>,
+    /// When the check finished (Unix milliseconds).
+    pub checked_at: i64,
 }
 
 impl VerifyReport {
@@ -30,7 +32,7 @@ impl VerifyReport {
     }
 
     fn bad(events: i64, seq: Option<i64>, problem: String) -> Self {
-        VerifyReport { ok: false, events, first_bad: seq, problem: Some(problem) }
+        VerifyReport { ok: false, events, first_bad: seq, problem: Some(problem), checked_at: crate::now_ms() }
     }
 }
 
@@ -128,6 +130,6 @@ pub async fn verify_with_head(
             None,
             format!("the chain head file {} is missing; the newest events cannot be checked", head_path.display()),
         )),
-        _ => Ok(VerifyReport { ok: true, events: count, first_bad: None, problem: None }),
+        _ => Ok(VerifyReport { ok: true, events: count, first_bad: None, problem: None, checked_at: crate::now_ms() }),
     }
 }

@@ -113,7 +113,7 @@ fn people_sign_in_with_the_identity_provider_follow_a_psql_session_and_approve_i
     let timeline = alice.text("[data-test=timeline]").unwrap();
     assert!(timeline.contains("SELECT item FROM public.orders WHERE id = 1"), "{timeline}");
     assert!(timeline.contains("allow") && timeline.contains("apps-work"), "decision and policy: {timeline}");
-    assert!(timeline.contains("1 rows"), "rows of the result: {timeline}");
+    assert!(timeline.contains("1 row"), "rows of the result: {timeline}");
     shot(&alice, "session");
 
     // psql is held on an UPDATE that needs a DBA's approval.
@@ -176,6 +176,18 @@ fn people_sign_in_with_the_identity_provider_follow_a_psql_session_and_approve_i
     // The held session is found by its outcome, and the refused vote is in the audit trail.
     alice.goto(&format!("{sessions}?outcome=reviewed")).unwrap();
     assert_eq!(alice.count("#session-rows tr[data-session]").unwrap(), 1, "one session had a held request");
+
+    // A session whose result had a value masked is found by that outcome, with the counts.
+    f.gw.cli_ok(&["connections", "update", "pg", "--mask", "email"]).unwrap();
+    let out = f.app("SELECT 'carol@example.com' AS contact;");
+    assert!(!stdout(&out).contains("carol@example.com"), "masked for the caller: {}", stdout(&out));
+    reload_until(&alice, &format!("{sessions}?outcome=masked"), "#session-rows tr[data-session]", "postgres");
+    assert_eq!(alice.count("#session-rows tr[data-session]").unwrap(), 1);
+    alice.click("#session-rows tr[data-session] a").unwrap();
+    alice.wait("[data-test=timeline]").unwrap();
+    let timeline = alice.text("[data-test=timeline]").unwrap();
+    assert!(timeline.contains("masked 1 value"), "the masked count: {timeline}");
+    assert!(!timeline.contains("carol@example.com"), "the recording holds no clear value: {timeline}");
     alice.goto(&format!("{}/console/audit", f.gw.url())).unwrap();
     let audit = alice.text("main").unwrap();
     assert!(audit.contains("review.approve") && audit.contains("bob@example.com"), "{audit}");
@@ -235,6 +247,9 @@ fn the_admin_token_signs_in_and_manages_identities_connections_and_policies() {
     page.fill("#mask", "email, iban").unwrap();
     page.click("form[action='/console/connections'] button.primary").unwrap();
     page.wait_text("main", "Connection billing-api added").unwrap();
+    page.goto(&format!("{}/console/connections?done=Call+support+now", gw.url())).unwrap();
+    let main = page.text("main").unwrap();
+    assert!(!main.contains("added") && !main.contains("Call support"), "a notice shows once, and no link sets one");
     let row = page.text("tr[data-connection=billing-api]").unwrap();
     assert!(row.contains("bearer") && row.contains("https://billing.example.com"), "{row}");
     page.click("tr[data-connection=billing-api] a:has-text('Edit')").unwrap();

@@ -664,24 +664,56 @@ impl Store for SqliteStore {
 
     async fn list_sessions(&self, f: SessionFilter) -> Result<Vec<SessionRecord>> {
         let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
-        let outcome = f.outcome.map(SessionOutcome::as_str);
         self.read(move |c| {
+            // Only the conditions asked for, written so that SQLite can seek an index: a
+            // generic `?1 IS NULL OR …` form would make every page deep in the past scan from the
+            // newest session.
+            let mut conditions: Vec<&str> = vec![];
+            let mut values: Vec<rusqlite::types::Value> = vec![];
+            if let Some(identity) = f.identity {
+                conditions.push("identity = ?");
+                values.push(identity.into());
+            }
+            if let Some(connection) = f.connection {
+                conditions.push("connection = ?");
+                values.push(connection.into());
+            }
+            if let Some(protocol) = f.protocol {
+                conditions.push("protocol = ?");
+                values.push(protocol.into());
+            }
+            if let Some(since) = f.since {
+                conditions.push("started_at >= ?");
+                values.push(since.into());
+            }
+            match (f.before, f.before_id) {
+                (Some(before), Some(id)) => {
+                    conditions.push("started_at <= ? AND (started_at < ? OR id < ?)");
+                    values.extend([before.into(), before.into(), id.into()]);
+                }
+                (Some(before), None) => {
+                    conditions.push("started_at < ?");
+                    values.push(before.into());
+                }
+                (None, _) => {}
+            }
+            // Each matches a partial index (migration V3), so a rare outcome is found without
+            // reading every session.
+            match f.outcome {
+                Some(SessionOutcome::Denied) => conditions.push("denied > 0"),
+                Some(SessionOutcome::Reviewed) => conditions.push("reviewed > 0"),
+                Some(SessionOutcome::Masked) => conditions.push("masked > 0"),
+                None => {}
+            }
+            let filter =
+                if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+            values.push(limit.into());
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT {SESSION_COLS} FROM sessions WHERE (?1 IS NULL OR identity = ?1) AND (?2 IS NULL OR connection = ?2) \
-                     AND (?3 IS NULL OR protocol = ?3) AND (?4 IS NULL OR started_at >= ?4) \
-                     AND (?5 IS NULL OR started_at < ?5 OR (?6 IS NOT NULL AND started_at = ?5 AND id < ?6)) \
-                     AND (?7 IS NULL OR (?7 = 'denied' AND denied > 0) OR (?7 = 'reviewed' AND reviewed > 0) \
-                          OR (?7 = 'masked' AND masked > 0)) \
-                     ORDER BY started_at DESC, id DESC LIMIT ?8"
+                    "SELECT {SESSION_COLS} FROM sessions {filter} ORDER BY started_at DESC, id DESC LIMIT ?"
                 ))
                 .map_err(db_err)?;
-            let rows = stmt
-                .query_map(
-                    params![f.identity, f.connection, f.protocol, f.since, f.before, f.before_id, outcome, limit],
-                    session_row,
-                )
-                .map_err(db_err)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), session_row).map_err(db_err)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)
         })
         .await

@@ -20,7 +20,7 @@ pub struct AuditQuery {
     after: String,
 }
 
-async fn render(app: &AppState, viewer: &Viewer, q: &AuditQuery, checked: Option<&str>) -> Response {
+async fn render(app: &AppState, viewer: &Viewer, q: &AuditQuery) -> Response {
     if let Err(e) = app.authorize(&viewer.identity, Area::Audit, false) {
         return failed(viewer, &e);
     }
@@ -58,17 +58,19 @@ async fn render(app: &AppState, viewer: &Viewer, q: &AuditQuery, checked: Option
             .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.payload).ok());
         rows.push((s, request, result));
     }
-    let chain = app.chain.read().await.as_ref().map(|r| (r.ok, r.line()));
+    let chain = app.chain.read().await.as_ref().map(|r| (r.ok, r.line(), r.checked_at));
     let body = html! {
         section aria-labelledby="chain" {
             h2 id="chain" { "Hash chain" }
             @match &chain {
-                Some((ok, line)) => {
-                    p data-test="chain" { (badge(if *ok { "ok" } else { "broken" })) " " (line) }
+                Some((ok, line, at)) => {
+                    p data-test="chain" {
+                        (badge(if *ok { "ok" } else { "broken" })) " " (line)
+                        span class="meta" { "checked " (when(*at)) }
+                    }
                 }
                 None => { p data-test="chain" { "Not checked yet (the check at start-up is still running)." } }
             }
-            @if let Some(c) = checked { p class="notice" role="status" { "Checked just now: " (c) } }
             form method="post" action="/console/audit/verify" class="inline" {
                 (csrf_field(viewer))
                 button type="submit" { "Verify the whole chain now" }
@@ -106,13 +108,13 @@ async fn render(app: &AppState, viewer: &Viewer, q: &AuditQuery, checked: Option
 }
 
 pub async fn show(State(app): State<AppState>, viewer: Viewer, Query(q): Query<AuditQuery>) -> Response {
-    render(&app, &viewer, &q, None).await
+    render(&app, &viewer, &q).await
 }
 
 pub async fn verify(State(app): State<AppState>, posted: Posted<NoFields>) -> Response {
     let viewer = posted.viewer;
     match crate::api::audit::verify(State(app.clone()), Caller(viewer.identity.clone())).await {
-        Ok(axum::Json(v)) => render(&app, &viewer, &AuditQuery::default(), Some(&v.line)).await,
+        Ok(_) => render(&app, &viewer, &AuditQuery::default()).await,
         Err(e) => failed(&viewer, &e),
     }
 }

@@ -4,18 +4,18 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{NoFields, Posted, Section, Viewer, badge, csrf_field, failed, page, respond, status_of, when_text};
+use super::{
+    Flash, NoFields, Posted, Section, Viewer, badge, csrf_field, done, failed, page, respond, status_of, when_text,
+};
 use crate::api::connections::ConnectionView;
 use crate::api::{ApiError, AppState, Body, Caller, ConnectionInput, NewIdentity, SecretInput};
 
 #[derive(Debug, Default, Deserialize)]
-pub struct Notice {
-    #[serde(default)]
-    done: String,
+pub struct Editing {
     /// A connection to edit in the form.
     #[serde(default)]
     edit: String,
@@ -34,11 +34,6 @@ fn problem_list(e: &ApiError) -> Markup {
             }
         }
     }
-}
-
-fn done(path: &str, message: &str) -> Response {
-    let m: String = url::form_urlencoded::byte_serialize(message.as_bytes()).collect();
-    Redirect::to(&format!("{path}?done={m}")).into_response()
 }
 
 fn field(name: &str, label: &str, value: &str, kind: &str, hint: &str) -> Markup {
@@ -245,7 +240,12 @@ async fn connections_page(
     respond(status, page(Some(viewer), "Connections", Section::Connections, body))
 }
 
-pub async fn connections(State(app): State<AppState>, viewer: Viewer, Query(n): Query<Notice>) -> Response {
+pub async fn connections(
+    State(app): State<AppState>,
+    viewer: Viewer,
+    Flash(flash): Flash,
+    Query(n): Query<Editing>,
+) -> Response {
     let mut form = ConnectionForm { kind: "postgres".into(), ..Default::default() };
     if !n.edit.is_empty() {
         match crate::api::connections::show(State(app.clone()), Caller(viewer.identity.clone()), Path(n.edit.clone()))
@@ -255,7 +255,7 @@ pub async fn connections(State(app): State<AppState>, viewer: Viewer, Query(n): 
             Err(e) => return failed(&viewer, &e),
         }
     }
-    connections_page(&app, &viewer, &form, &n.done, None).await
+    connections_page(&app, &viewer, &form, &flash, None).await
 }
 
 pub async fn add_connection(State(app): State<AppState>, posted: Posted<ConnectionForm>) -> Response {
@@ -275,7 +275,7 @@ pub async fn add_connection(State(app): State<AppState>, posted: Posted<Connecti
         }
     };
     match result {
-        Ok(verb) => done("/console/connections", &format!("Connection {} {verb}.", form.name.trim())),
+        Ok(verb) => done(&app, "/console/connections", &format!("Connection {} {verb}.", form.name.trim())),
         Err(e) => {
             connections_page(&app, &viewer, &ConnectionForm { secret: String::new(), ..form }, "", Some(&e)).await
         }
@@ -290,7 +290,7 @@ pub async fn delete_connection(
     let viewer = posted.viewer;
     match crate::api::connections::delete(State(app.clone()), Caller(viewer.identity.clone()), Path(name.clone())).await
     {
-        Ok(_) => done("/console/connections", &format!("Connection {name} deleted.")),
+        Ok(_) => done(&app, "/console/connections", &format!("Connection {name} deleted.")),
         Err(e) => failed(&viewer, &e),
     }
 }
@@ -363,8 +363,8 @@ async fn identities_page(
     respond(status, page(Some(viewer), "Identities", Section::Identities, body))
 }
 
-pub async fn identities(State(app): State<AppState>, viewer: Viewer, Query(n): Query<Notice>) -> Response {
-    identities_page(&app, &viewer, &IdentityForm::default(), &n.done, None, None).await
+pub async fn identities(State(app): State<AppState>, viewer: Viewer, Flash(flash): Flash) -> Response {
+    identities_page(&app, &viewer, &IdentityForm::default(), &flash, None, None).await
 }
 
 pub async fn add_identity(State(app): State<AppState>, posted: Posted<IdentityForm>) -> Response {
@@ -391,7 +391,7 @@ pub async fn delete_identity(
     let viewer = posted.viewer;
     match crate::api::identities::delete(State(app.clone()), Caller(viewer.identity.clone()), Path(name.clone())).await
     {
-        Ok(_) => done("/console/identities", &format!("Identity {name} deleted.")),
+        Ok(_) => done(&app, "/console/identities", &format!("Identity {name} deleted.")),
         Err(e) => failed(&viewer, &e),
     }
 }
@@ -473,8 +473,8 @@ async fn policies_page(
     respond(status, page(Some(viewer), "Policies", Section::Policies, body))
 }
 
-pub async fn policies(State(app): State<AppState>, viewer: Viewer, Query(n): Query<Notice>) -> Response {
-    policies_page(&app, &viewer, None, &CheckForm::default(), None, &n.done, None).await
+pub async fn policies(State(app): State<AppState>, viewer: Viewer, Flash(flash): Flash) -> Response {
+    policies_page(&app, &viewer, None, &CheckForm::default(), None, &flash, None).await
 }
 
 pub async fn set_policies(State(app): State<AppState>, posted: Posted<PolicyForm>) -> Response {
@@ -483,7 +483,7 @@ pub async fn set_policies(State(app): State<AppState>, posted: Posted<PolicyForm
     let text = form.text.replace("\r\n", "\n");
     let input = crate::api::policies::PolicyInput { text: text.clone() };
     match crate::api::policies::set(State(app.clone()), Caller(viewer.identity.clone()), Body(input)).await {
-        Ok(axum::Json(v)) => done("/console/policies", &format!("Policy set version {} applied.", v.version)),
+        Ok(axum::Json(v)) => done(&app, "/console/policies", &format!("Policy set version {} applied.", v.version)),
         Err(e) => policies_page(&app, &viewer, Some(&text), &CheckForm::default(), None, "", Some(&e)).await,
     }
 }

@@ -38,6 +38,9 @@ mod signin;
 const SESSION_COOKIE: &str = "gatehouse_console";
 /// Ties an OIDC sign-in's callback to the browser that started it.
 const LOGIN_COOKIE: &str = "gatehouse_login";
+/// A one-time message for the page after a change ("Connection x added."): a cookie, so that a
+/// link from elsewhere cannot put words on a console page.
+const FLASH_COOKIE: &str = "gatehouse_flash";
 /// The CSRF token of the token sign-in form (before there is a sign-in to hold one).
 const PRE_CSRF_COOKIE: &str = "gatehouse_csrf";
 /// Sign-ins held at once; past this, the oldest are dropped.
@@ -218,7 +221,7 @@ fn to_sign_in(parts: &Parts) -> Response {
 fn safe_next(next: Option<&str>) -> String {
     match next {
         Some(n) if n.starts_with("/console/") && !n.contains("//") && !n.contains('\\') => n.to_string(),
-        _ => "/console/sessions".to_string(),
+        _ => "/console/".to_string(),
     }
 }
 
@@ -298,6 +301,30 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Posted<T> {
         })?;
         Ok(Posted { viewer, form })
     }
+}
+
+/// The one-time message left for this page by the change before it, if any.
+pub struct Flash(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Flash {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let text = cookie(&parts.headers, FLASH_COOKIE)
+            .map(|v| url::form_urlencoded::parse(format!("m={v}").as_bytes()).map(|(_, m)| m.into_owned()).collect())
+            .unwrap_or_default();
+        Ok(Flash(text))
+    }
+}
+
+/// Goes to `path` with `message` shown there once.
+fn done(app: &AppState, path: &str, message: &str) -> Response {
+    let value: String = url::form_urlencoded::byte_serialize(message.as_bytes()).collect();
+    let mut response = Redirect::to(path).into_response();
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, app.console.cookie(FLASH_COOKIE, &value, Some(Duration::from_secs(60))));
+    response
 }
 
 /// The source address of a request, for the sign-in limits.
@@ -447,9 +474,17 @@ fn badge(word: &str) -> Markup {
 }
 
 /// Headers every console response carries.
-async fn security_headers(req: Request, next: axum::middleware::Next) -> Response {
+async fn security_headers(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let flash_shown = req.method() == axum::http::Method::GET && cookie(req.headers(), FLASH_COOKIE).is_some();
     let mut response = next.run(req).await;
     let h = response.headers_mut();
+    if flash_shown && !h.contains_key(header::SET_COOKIE) {
+        h.append(header::SET_COOKIE, app.console.clear_cookie(FLASH_COOKIE));
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -478,8 +513,13 @@ async fn js() -> Response {
         .into_response()
 }
 
-async fn home(_viewer: Viewer) -> Redirect {
-    Redirect::to("/console/sessions")
+/// The first page: sessions for those who may read them, else the reviews they may decide.
+async fn home(axum::extract::State(app): axum::extract::State<AppState>, viewer: Viewer) -> Redirect {
+    if viewer.may(&app, crate::app::Area::Sessions) {
+        Redirect::to("/console/sessions")
+    } else {
+        Redirect::to("/console/reviews")
+    }
 }
 
 /// The console's routes, or none when `[console] enabled = false`.
@@ -512,5 +552,44 @@ pub fn router(app: &AppState) -> Router<AppState> {
         .route("/console/policies/check", post(manage::check))
         .route("/console/audit", get(audit::show))
         .route("/console/audit/verify", post(audit::verify))
-        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), security_headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_sign_in_only_console_pages() {
+        assert_eq!(safe_next(Some("/console/reviews?status=pending")), "/console/reviews?status=pending");
+        for bad in ["//evil.example/", "https://evil.example/", "/console//evil", "/console/\\evil", "/api/v1/x", ""] {
+            assert_eq!(safe_next(Some(bad)), "/console/", "{bad}");
+        }
+        assert_eq!(safe_next(None), "/console/");
+    }
+
+    #[test]
+    fn forms_from_another_origin_are_refused() {
+        let headers = |origin: Option<&str>, host: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+            }
+            h
+        };
+        assert!(same_origin(&headers(None, "127.0.0.1:8800")), "no Origin: the CSRF token decides");
+        assert!(same_origin(&headers(Some("http://127.0.0.1:8800"), "127.0.0.1:8800")));
+        assert!(!same_origin(&headers(Some("http://127.0.0.1:8801"), "127.0.0.1:8800")));
+        assert!(!same_origin(&headers(Some("https://evil.example"), "127.0.0.1:8800")));
+        assert!(!same_origin(&headers(Some("null"), "127.0.0.1:8800")));
+    }
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("x_gatehouse_console=a; gatehouse_console=b"));
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("b"));
+        assert_eq!(cookie(&h, LOGIN_COOKIE), None);
+    }
 }

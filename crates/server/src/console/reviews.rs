@@ -4,22 +4,19 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use gatehouse_store::ReviewStatus;
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Posted, Section, Viewer, badge, csrf_field, failed, page, respond, status_of, when_text};
+use super::{Flash, Posted, Section, Viewer, badge, csrf_field, done, failed, page, respond, status_of, when_text};
 use crate::api::{ApiError, AppState, Caller, Params};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ListQuery {
     #[serde(default)]
     status: String,
-    /// A message after a vote.
-    #[serde(default)]
-    done: String,
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -104,7 +101,7 @@ fn card(viewer: &Viewer, r: &Value, may: &Result<(), String>) -> Markup {
     }
 }
 
-async fn render(app: &AppState, viewer: &Viewer, q: &ListQuery, problem: Option<&ApiError>) -> Response {
+async fn render(app: &AppState, viewer: &Viewer, q: &ListQuery, flash: &str, problem: Option<&ApiError>) -> Response {
     let status = (!q.status.is_empty()).then(|| q.status.clone());
     let params = crate::api::reviews::ListParams { status, limit: Some(200) };
     let list =
@@ -133,7 +130,7 @@ async fn render(app: &AppState, viewer: &Viewer, q: &ListQuery, problem: Option<
     let pending = list.iter().filter(|r| r["status"] == "pending").count();
     let body = html! {
         @if let Some(e) = problem { p class="error" role="alert" data-test="vote-error" { (e.to_string()) } }
-        @if !q.done.is_empty() { p class="notice" role="status" data-test="vote-done" { (q.done) } }
+        @if !flash.is_empty() { p class="notice" role="status" data-test="vote-done" { (flash) } }
         form class="filters" method="get" action="/console/reviews" {
             div class="field" {
                 label for="status" { "Status" }
@@ -153,8 +150,13 @@ async fn render(app: &AppState, viewer: &Viewer, q: &ListQuery, problem: Option<
     respond(code, page(Some(viewer), "Reviews", Section::Reviews, body))
 }
 
-pub async fn list(State(app): State<AppState>, viewer: Viewer, Query(q): Query<ListQuery>) -> Response {
-    render(&app, &viewer, &q, None).await
+pub async fn list(
+    State(app): State<AppState>,
+    viewer: Viewer,
+    Flash(flash): Flash,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    render(&app, &viewer, &q, &flash, None).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,10 +175,9 @@ async fn vote(app: AppState, id: String, posted: Posted<VoteForm>, approve: bool
             } else {
                 format!("You {verb} review {id}; it is now {}.", review.status.as_str())
             };
-            let done: String = url::form_urlencoded::byte_serialize(outcome.as_bytes()).collect();
-            Redirect::to(&format!("/console/reviews?done={done}")).into_response()
+            done(&app, "/console/reviews", &outcome)
         }
-        Err(e) => render(&app, &viewer, &ListQuery::default(), Some(&e)).await,
+        Err(e) => render(&app, &viewer, &ListQuery::default(), "", Some(&e)).await,
     }
 }
 

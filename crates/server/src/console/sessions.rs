@@ -220,6 +220,11 @@ fn masked_counts(result: &Value) -> (i64, Vec<String>) {
     (total, lines)
 }
 
+/// `1 row`, `2 rows`.
+fn counted(n: i64, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
 fn step(s: &Step<'_>) -> Markup {
     let r = &s.request.data;
     let decision = r["decision"].as_str().unwrap_or("?");
@@ -238,10 +243,10 @@ fn step(s: &Step<'_>) -> Markup {
                 @if let Some(res) = s.result {
                     @let d = &res.data;
                     @if let Some(ms) = d["duration_ms"].as_f64() { span class="meta" { (format!("{ms:.1} ms")) } }
-                    @if let Some(rows) = d["rows"].as_i64() { span class="meta" { (rows) " rows" } }
+                    @if let Some(rows) = d["rows"].as_i64() { span class="meta" { (counted(rows, "row")) } }
                     @if let Some(cmd) = d["command"].as_str() { span class="meta" { (cmd) } }
                     @let (masked, _) = masked_counts(d);
-                    @if masked > 0 { span class="meta" { (badge("masked")) " " (masked) " values" } }
+                    @if masked > 0 { span class="meta" { (badge("masked")) " " (counted(masked, "value")) } }
                 } @else if decision == "allow" && r["action"] != "connect" {
                     span class="meta" { "running, or no result recorded" }
                 }

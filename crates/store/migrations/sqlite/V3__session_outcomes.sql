@@ -4,3 +4,7 @@
 ALTER TABLE sessions ADD COLUMN reviewed INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE sessions ADD COLUMN masked INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX sessions_protocol ON sessions (protocol, started_at DESC);
+-- Sessions with an outcome, newest first: a filter by a rare outcome reads only its matches.
+CREATE INDEX sessions_denied ON sessions (started_at DESC, id DESC) WHERE denied > 0;
+CREATE INDEX sessions_reviewed ON sessions (started_at DESC, id DESC) WHERE reviewed > 0;
+CREATE INDEX sessions_masked ON sessions (started_at DESC, id DESC) WHERE masked > 0;
