@@ -3,14 +3,11 @@
 //! shown once, on the page that follows its creation.
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{
-    Flash, NoFields, Posted, Section, Viewer, badge, csrf_field, done, failed, page, respond, status_of, when_text,
-};
+use super::{Flash, NoFields, Posted, Section, Viewer, badge, csrf_field, done, failed, section_page, when_text};
 use crate::api::connections::ConnectionView;
 use crate::api::{ApiError, AppState, Body, Caller, ConnectionInput, NewIdentity, SecretInput};
 
@@ -236,8 +233,7 @@ async fn connections_page(
         }
         (connection_form(viewer, form))
     };
-    let status = problem.map(status_of).unwrap_or(StatusCode::OK);
-    respond(status, page(Some(viewer), "Connections", Section::Connections, body))
+    section_page(viewer, "Connections", Section::Connections, problem, body)
 }
 
 pub async fn connections(
@@ -359,8 +355,7 @@ async fn identities_page(
             div class="buttons" { button type="submit" class="primary" { "Add service account" } }
         }
     };
-    let status = problem.map(status_of).unwrap_or(StatusCode::OK);
-    respond(status, page(Some(viewer), "Identities", Section::Identities, body))
+    section_page(viewer, "Identities", Section::Identities, problem, body)
 }
 
 pub async fn identities(State(app): State<AppState>, viewer: Viewer, Flash(flash): Flash) -> Response {
@@ -469,8 +464,7 @@ async fn policies_page(
             None => {}
         }
     };
-    let status = problem.map(status_of).unwrap_or(StatusCode::OK);
-    respond(status, page(Some(viewer), "Policies", Section::Policies, body))
+    section_page(viewer, "Policies", Section::Policies, problem, body)
 }
 
 pub async fn policies(State(app): State<AppState>, viewer: Viewer, Flash(flash): Flash) -> Response {

@@ -413,6 +413,11 @@ fn respond(status: StatusCode, markup: Markup) -> Response {
     (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], markup.into_string()).into_response()
 }
 
+/// A section's page for a signed-in viewer: 200, or the status of the `problem` the page shows.
+fn section_page(viewer: &Viewer, title: &str, section: Section, problem: Option<&ApiError>, body: Markup) -> Response {
+    respond(problem.map(status_of).unwrap_or(StatusCode::OK), page(Some(viewer), title, section, body))
+}
+
 /// An error shown as a page: what went wrong, in the API's words.
 fn error_page(viewer: Option<&Viewer>, status: StatusCode, message: &str) -> Response {
     let title = match status {
@@ -583,6 +588,51 @@ mod tests {
         assert!(!same_origin(&headers(Some("http://127.0.0.1:8801"), "127.0.0.1:8800")));
         assert!(!same_origin(&headers(Some("https://evil.example"), "127.0.0.1:8800")));
         assert!(!same_origin(&headers(Some("null"), "127.0.0.1:8800")));
+    }
+
+    fn console(secure_cookies: bool) -> Console {
+        Console::new(ConsoleSettings {
+            enabled: true,
+            session_lifetime: Duration::from_secs(3600),
+            secure_cookies,
+            public_url: "https://gatehouse.example".into(),
+            client_id: "console".into(),
+            client_secret: None,
+        })
+    }
+
+    #[test]
+    fn cookies_are_http_only_lax_and_secure_over_tls() {
+        let plain = console(false).cookie(SESSION_COOKIE, "v", None);
+        assert_eq!(plain.to_str().unwrap(), "gatehouse_console=v; Path=/console; HttpOnly; SameSite=Lax");
+        let tls = console(true).cookie(SESSION_COOKIE, "v", None);
+        assert!(tls.to_str().unwrap().ends_with("; Secure"), "{tls:?}");
+        let cleared = console(true).clear_cookie(LOGIN_COOKIE);
+        assert!(cleared.to_str().unwrap().contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn a_sign_in_is_found_by_its_cookie_and_ends_with_its_credential() {
+        let c = console(false);
+        let identity = |expires_at| Identity {
+            kind: gatehouse_core::IdentityKind::User,
+            name: "alice@example.com".into(),
+            groups: Default::default(),
+            expires_at,
+        };
+        let value = c.sign_in(identity(None), "oidc", None).unwrap();
+        assert_eq!(c.find(&value).unwrap().identity.name, "alice@example.com");
+        assert!(c.find("not-a-sign-in").is_none());
+        c.sign_out(&value);
+        assert!(c.find(&value).is_none(), "signed out");
+        let expired = c.sign_in(identity(Some(gatehouse_audit::now_ms() - 1)), "oidc", None).unwrap();
+        assert!(c.find(&expired).is_none(), "a sign-in ends when its token has expired");
+        let state = "s".to_string();
+        let pending =
+            Pending { nonce: "n".into(), verifier: "v".into(), next: "/console/".into(), started: Instant::now() };
+        c.start_pending(state.clone(), pending);
+        assert!(c.take_pending(&state).is_some());
+        assert!(c.take_pending(&state).is_none(), "a state is used once");
     }
 
     #[test]

@@ -3,14 +3,13 @@
 //! vote goes through the same check as the API's, whatever the page showed.
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use gatehouse_store::ReviewStatus;
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Flash, Posted, Section, Viewer, badge, csrf_field, done, failed, page, respond, status_of, when_text};
+use super::{Flash, Posted, Section, Viewer, badge, csrf_field, done, failed, section_page, when_text};
 use crate::api::{ApiError, AppState, Caller, Params};
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,8 +145,7 @@ async fn render(app: &AppState, viewer: &Viewer, q: &ListQuery, flash: &str, pro
         @if list.is_empty() { p class="empty" { "No reviews." } }
         @for c in cards { (c) }
     };
-    let code = problem.map(status_of).unwrap_or(StatusCode::OK);
-    respond(code, page(Some(viewer), "Reviews", Section::Reviews, body))
+    section_page(viewer, "Reviews", Section::Reviews, problem, body)
 }
 
 pub async fn list(
