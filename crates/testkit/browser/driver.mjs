@@ -4,10 +4,10 @@
 //
 // Launches the machine's chromium (the argument, else $GATEHOUSE_TEST_CHROMIUM, else
 // /usr/bin/chromium) once through playwright-core, prints `ready` on stdout, then answers one
-// JSON object per line on stdin with one JSON line on stdout (see `commands` below). A request
-// may carry an "id", which its answer repeats. Failures answer {"error": "..."}. Closing stdin
-// closes the browser and ends the driver. Diagnostics go to stderr; stdout carries nothing but
-// the protocol.
+// JSON object per line on stdin with one JSON line on stdout (see `commands` below; the loop is
+// `serve` in ../lineproto.mjs). A request may carry an "id", which its answer repeats. Failures
+// answer {"error": "..."}. Closing stdin closes the browser and ends the driver. Diagnostics go
+// to stderr; stdout carries nothing but the protocol.
 //
 // Every page command names a browser context ("context": "alice"): a context is made on first
 // use with its own cookies and storage, and holds one page. Selectors are Playwright selectors
@@ -18,8 +18,9 @@
 // playwright-core never downloads a browser by itself, and this script never asks it to: the
 // executable is always given.
 
-import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
+
+import { serve } from '../lineproto.mjs';
 
 const DEFAULT_EXECUTABLE = '/usr/bin/chromium';
 const DEFAULT_TIMEOUT_MS = 10_000;
@@ -269,29 +270,7 @@ const commands = {
 
 process.stdout.write('ready\n');
 
-const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
-for await (const line of lines) {
-  if (line.trim() === '') continue;
-  let answer;
-  let id;
-  try {
-    const req = JSON.parse(line);
-    if (req === null || typeof req !== 'object' || Array.isArray(req)) {
-      throw new Error('a command is a JSON object');
-    }
-    id = req.id;
-    const handler = Object.hasOwn(commands, req.cmd) ? commands[req.cmd] : undefined;
-    if (handler === undefined) {
-      throw new Error(`unknown cmd ${JSON.stringify(req.cmd)}; known: ${Object.keys(commands).join(', ')}`);
-    }
-    answer = await handler(req);
-  } catch (err) {
-    log(`${line}: ${err?.stack ?? err}`);
-    answer = { error: String(err?.message ?? err) };
-  }
-  if (id !== undefined) answer.id = id;
-  process.stdout.write(`${JSON.stringify(answer)}\n`);
-}
+await serve('driver.mjs', commands);
 
 // stdin closed: the test process is done (or gone).
 closing = true;

@@ -4,9 +4,10 @@
 //
 // Serves oauth2-mock-server's endpoints (discovery document, JWKS, authorize, token, ...) on
 // http://127.0.0.1:<port>, prints `ready <issuer-url>` on stdout once listening, then answers
-// one JSON object per line on stdin with one JSON line on stdout (see `commands` below). A request
-// may carry an "id", which its answer repeats. Failures answer {"error": "..."}. Closing stdin
-// stops the provider. Diagnostics go to stderr; stdout carries nothing but the protocol.
+// one JSON object per line on stdin with one JSON line on stdout (see `commands` below; the loop
+// is `serve` in ../lineproto.mjs). A request may carry an "id", which its answer repeats.
+// Failures answer {"error": "..."}. Closing stdin stops the provider. Diagnostics go to stderr;
+// stdout carries nothing but the protocol.
 //
 // oauth2-mock-server's OAuth2Server is OAuth2Issuer + OAuth2Service + HttpServer glued together,
 // with no way to see requests or drop a key. So this script assembles the same public classes
@@ -19,8 +20,9 @@
 // nonce given to /authorize). `login_as` sets the claims of the user "logging in" that way, laid
 // over both tokens through the service's beforeTokenSigning event.
 
-import { createInterface } from 'node:readline';
 import { HttpServer, JWKStore, OAuth2Issuer, OAuth2Service } from 'oauth2-mock-server';
+
+import { serve } from '../lineproto.mjs';
 
 const ALG = 'RS256';
 const JWKS_PATH = '/jwks';
@@ -192,29 +194,7 @@ try {
 }
 process.stdout.write(`ready ${issuer.url}\n`);
 
-const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
-for await (const line of lines) {
-  if (line.trim() === '') continue;
-  let answer;
-  let id;
-  try {
-    const req = JSON.parse(line);
-    if (req === null || typeof req !== 'object' || Array.isArray(req)) {
-      throw new Error('a command is a JSON object');
-    }
-    id = req.id;
-    const handler = Object.hasOwn(commands, req.cmd) ? commands[req.cmd] : undefined;
-    if (handler === undefined) {
-      throw new Error(`unknown cmd ${JSON.stringify(req.cmd)}; known: ${Object.keys(commands).join(', ')}`);
-    }
-    answer = await handler(req);
-  } catch (err) {
-    process.stderr.write(`provider.mjs: ${line}: ${err?.stack ?? err}\n`);
-    answer = { error: String(err?.message ?? err) };
-  }
-  if (id !== undefined) answer.id = id;
-  process.stdout.write(`${JSON.stringify(answer)}\n`);
-}
+await serve('provider.mjs', commands);
 
 // stdin closed: the test process is done (or gone).
 await http.stop().catch(() => {});

@@ -35,22 +35,18 @@
 //! ```
 
 use std::fmt;
-use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::{Command, ExitStatus};
 use std::sync::{Mutex, PoisonError};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::common::cmd::{self, SETUP_TIMEOUT};
+use crate::common::cmd;
 use crate::common::dir::server_dir;
-use crate::common::log_tail;
+use crate::common::lineproto::{self, Launch, LineProcess, Wording};
 use crate::common::user::RunAs;
 use crate::oidc::find_node_for;
 
@@ -119,63 +115,7 @@ pub fn find_chromium() -> Result<PathBuf> {
 
 /// Checks that `dir` holds the script and an installed `playwright-core` 1.65.x.
 fn check_package(dir: &Path) -> Result<()> {
-    let script = dir.join(SCRIPT);
-    if !script.is_file() {
-        bail!("{} is missing (it belongs to the gatehouse-testkit sources)", script.display());
-    }
-    let manifest = dir.join("node_modules").join(PACKAGE).join("package.json");
-    let text = fs::read_to_string(&manifest).map_err(|e| {
-        anyhow!(
-            "the npm package {PACKAGE} is not installed ({}: {e}); run `{NPM_INSTALL}` from the \
-             repository root (the test command does)",
-            manifest.display()
-        )
-    })?;
-    let version = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v.get("version").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_default();
-    if !version.starts_with(PACKAGE_VERSION_PREFIX) {
-        bail!(
-            "{} says {PACKAGE} {version:?}, but the kit needs {PACKAGE_VERSION_PREFIX}x as pinned in \
-             package-lock.json; run `{NPM_INSTALL}` from the repository root",
-            manifest.display()
-        );
-    }
-    Ok(())
-}
-
-/// The node process and the two ends of the line protocol, used by one command at a time.
-struct Conn {
-    child: Child,
-    /// `None` once Drop closed it (which tells the driver to close the browser and exit).
-    stdin: Option<ChildStdin>,
-    /// Lines node printed on stdout, read by a thread (so waits can have a deadline).
-    lines: Receiver<String>,
-    /// Id of the last command sent; answers carrying another id are stale and skipped.
-    last_id: u64,
-}
-
-impl Conn {
-    /// Closes node's stdin so that the driver closes chromium (and its profile) and exits, waits
-    /// for that, and SIGKILLs node if it takes longer than [`CLOSE_TIMEOUT`].
-    fn close(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + CLOSE_TIMEOUT;
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) => thread::sleep(Duration::from_millis(20)),
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// How node exited, if it did.
-    fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
+    lineproto::check_package(dir, SCRIPT, PACKAGE, PACKAGE_VERSION_PREFIX, NPM_INSTALL)
 }
 
 /// A running headless chromium owned by a test. See the [module docs](self).
@@ -186,7 +126,7 @@ impl Conn {
 pub struct Browser {
     node: PathBuf,
     chromium: PathBuf,
-    conn: Mutex<Conn>,
+    conn: Mutex<LineProcess>,
     /// Holds `browser.log` (node's stderr) and the browser's profile; removed on Drop after node
     /// exited.
     dir: TempDir,
@@ -241,67 +181,28 @@ impl Browser {
     /// most `driver_timeout` (the driver's own deadline for it) plus [`COMMAND_SLACK`].
     fn request(&self, what: &str, command: &str, fields: Value, driver_timeout: Duration) -> Result<Value> {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        conn.last_id += 1;
-        let id = conn.last_id;
-        let mut line = fields;
-        line["cmd"] = json!(command);
-        line["id"] = json!(id);
-        let sent = match conn.stdin.as_mut() {
-            Some(stdin) => writeln!(stdin, "{line}").and_then(|()| stdin.flush()),
-            None => Err(std::io::Error::other("stdin already closed")),
-        };
-        if let Err(e) = sent {
-            let status = conn.exit_status();
-            bail!(self.failure(&format!("could not send {what} ({e})"), status));
-        }
-        let timeout = driver_timeout + COMMAND_SLACK;
-        let deadline = Instant::now() + timeout;
-        loop {
-            match conn.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(text) => {
-                    let Ok(answer) = serde_json::from_str::<Value>(&text) else {
-                        continue; // not protocol output; driver.mjs keeps stdout clean
-                    };
-                    if answer.get("id") != Some(&json!(id)) {
-                        continue; // the late answer to a command that timed out
-                    }
-                    if let Some(err) = answer.get("error") {
-                        let err = err.as_str().map_or_else(|| err.to_string(), str::to_owned);
-                        bail!(self.failure(&format!("{what} failed: {err}"), None));
-                    }
-                    return Ok(answer);
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    bail!(self.failure(&format!("no answer to {what} within {timeout:?}"), None));
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = conn.exit_status();
-                    bail!(self.failure(&format!("the driver exited before answering {what}"), status));
-                }
-            }
-        }
+        conn.request(self, command, what, fields, driver_timeout + COMMAND_SLACK)
     }
+}
+
+impl Wording for Browser {
+    const WHO: &'static str = "the driver";
 
     /// An error message naming the browser, with node's exit status if known and the end of its
     /// log.
     fn failure(&self, what: &str, status: Option<ExitStatus>) -> String {
-        let status = status.map(|s| format!(", {s}")).unwrap_or_default();
-        format!(
-            "browser ({} {} {}{status}): {what}; last lines of {}:\n{}",
-            self.node.display(),
-            package_dir().join(SCRIPT).display(),
-            self.chromium.display(),
-            self.log_path().display(),
-            log_tail(&self.log_path(), LOG_LINES)
-        )
+        let detail =
+            format!("{} {} {}", self.node.display(), package_dir().join(SCRIPT).display(), self.chromium.display());
+        lineproto::failure("browser", &detail, status, what, &self.log_path(), LOG_LINES)
     }
 }
 
 impl Drop for Browser {
-    /// Lets the driver close chromium, else kills node (SIGKILL); the directory is removed
+    /// Closes node's stdin so that the driver closes chromium (and its profile) and exits, and
+    /// SIGKILLs node if that takes longer than `CLOSE_TIMEOUT`; the directory is removed
     /// afterwards by the `TempDir` field.
     fn drop(&mut self) {
-        self.conn.get_mut().unwrap_or_else(PoisonError::into_inner).close();
+        self.conn.get_mut().unwrap_or_else(PoisonError::into_inner).close(CLOSE_TIMEOUT);
     }
 }
 
@@ -529,89 +430,32 @@ fn millis(d: Duration) -> u64 {
 
 /// Starts `node driver.mjs <chromium>` with stderr going to `<dir>/browser.log` and its
 /// temporary files (the browser's profile) in `dir`, and waits for its `ready` line.
-fn spawn(node: &Path, pkg: &Path, chromium: &Path, dir: &Path) -> Result<Conn> {
-    let script = pkg.join(SCRIPT);
+fn spawn(node: &Path, pkg: &Path, chromium: &Path, dir: &Path) -> Result<LineProcess> {
     let log = dir.join("browser.log");
-    let stderr = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("opening {}", log.display()))?;
+    let launch = Launch {
+        package: PACKAGE,
+        node_needed: "20 or newer",
+        log: &log,
+        log_lines: LOG_LINES,
+        ready: "ready",
+        timeout: STARTUP_TIMEOUT,
+    };
     let mut command = Command::new(node);
     command
-        .arg(&script)
+        .arg(pkg.join(SCRIPT))
         .arg(chromium)
         .current_dir(pkg)
-        // A preload from the caller's environment could print on stdout and break the protocol.
-        .env_remove("NODE_OPTIONS")
         // Playwright makes the profile in the temporary directory; this one is removed on Drop
         // even if node had to be killed.
-        .env("TMPDIR", dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(stderr);
-    let shown = cmd::describe(&command);
-    let mut child = command.spawn().with_context(|| format!("could not start `{shown}`"))?;
-    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("`{shown}` started without pipes");
-    };
-    let (tx, lines) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut conn = Conn { child, stdin: Some(stdin), lines, last_id: 0 };
-
-    let failed = |conn: &mut Conn, what: String| -> anyhow::Error {
-        let _ = conn.child.kill();
-        let _ = conn.child.wait();
-        let status = conn.exit_status().map(|s| format!(" ({s})")).unwrap_or_default();
-        let version = cmd::run(Command::new(node).arg("--version"), SETUP_TIMEOUT)
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_else(|e| format!("`{} --version` failed: {e}", node.display()));
-        anyhow!(
-            "`{shown}`{status}: {what} (node {version}; {PACKAGE} needs node 20 or newer); last lines of {}:\n{}",
-            log.display(),
-            log_tail(&log, LOG_LINES)
-        )
-    };
-    match conn.lines.recv_timeout(STARTUP_TIMEOUT) {
-        Ok(line) if line.trim() == "ready" => Ok(conn),
-        Ok(line) => Err(failed(&mut conn, format!("printed {line:?} instead of `ready`"))),
-        Err(RecvTimeoutError::Timeout) => {
-            Err(failed(&mut conn, format!("did not print `ready` within {STARTUP_TIMEOUT:?}")))
-        }
-        Err(RecvTimeoutError::Disconnected) => Err(failed(&mut conn, "exited while starting".to_owned())),
-    }
+        .env("TMPDIR", dir);
+    LineProcess::start(&mut command, &launch, |_| None)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
-
-    #[test]
-    fn missing_package_says_how_to_install_it() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        fs::write(dir.path().join(SCRIPT), "")?;
-        let err = check_package(dir.path()).err().context("an empty directory must be refused")?;
-        let text = format!("{err:#}");
-        assert!(text.contains(NPM_INSTALL) && text.contains(PACKAGE), "{text}");
-
-        let installed = dir.path().join("node_modules").join(PACKAGE);
-        fs::create_dir_all(&installed)?;
-        fs::write(installed.join("package.json"), r#"{"name":"playwright-core","version":"1.40.0"}"#)?;
-        let err = check_package(dir.path()).err().context("a 1.40 install must be refused")?;
-        assert!(format!("{err:#}").contains("1.40.0"), "{err:#}");
-
-        fs::write(installed.join("package.json"), r#"{"name":"playwright-core","version":"1.65.1"}"#)?;
-        check_package(dir.path())
-    }
 
     #[test]
     fn pinned_version_matches_the_manifest() -> Result<()> {

@@ -47,22 +47,18 @@
 //! ```
 
 use std::fmt;
-use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::{Command, ExitStatus};
 use std::sync::{Mutex, PoisonError};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::common::cmd::{self, SETUP_TIMEOUT};
+use crate::common::cmd;
 use crate::common::dir::server_dir;
-use crate::common::log_tail;
+use crate::common::lineproto::{self, Launch, LineProcess, Wording};
 use crate::common::net::{self, PortInUse};
 use crate::common::user::RunAs;
 
@@ -126,53 +122,7 @@ pub(crate) fn find_node_for(why: &str, install: &str) -> Result<PathBuf> {
 
 /// Checks that `dir` holds the script and an installed `oauth2-mock-server` 8.2.x.
 fn check_package(dir: &Path) -> Result<()> {
-    let script = dir.join(SCRIPT);
-    if !script.is_file() {
-        bail!("{} is missing (it belongs to the gatehouse-testkit sources)", script.display());
-    }
-    let manifest = dir.join("node_modules").join(PACKAGE).join("package.json");
-    let text = fs::read_to_string(&manifest).map_err(|e| {
-        anyhow!(
-            "the npm package {PACKAGE} is not installed ({}: {e}); run `{NPM_INSTALL}` from the \
-             repository root (the test command does)",
-            manifest.display()
-        )
-    })?;
-    let version = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v.get("version").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_default();
-    if !version.starts_with(PACKAGE_VERSION_PREFIX) {
-        bail!(
-            "{} says {PACKAGE} {version:?}, but the kit needs {PACKAGE_VERSION_PREFIX}x as pinned in \
-             package-lock.json; run `{NPM_INSTALL}` from the repository root",
-            manifest.display()
-        );
-    }
-    Ok(())
-}
-
-/// The node process and the two ends of the line protocol, used by one command at a time.
-struct Conn {
-    child: Child,
-    stdin: ChildStdin,
-    /// Lines node printed on stdout, read by a thread (so waits can have a deadline).
-    lines: Receiver<String>,
-    /// Id of the last command sent; answers carrying another id are stale and skipped.
-    last_id: u64,
-}
-
-impl Conn {
-    /// Kills node (SIGKILL) and reaps it; nothing to do if it already exited.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// How node exited, if it did.
-    fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
+    lineproto::check_package(dir, SCRIPT, PACKAGE, PACKAGE_VERSION_PREFIX, NPM_INSTALL)
 }
 
 /// A running OIDC provider owned by a test. See the [module docs](self).
@@ -183,7 +133,7 @@ pub struct OidcProvider {
     node: PathBuf,
     port: u16,
     issuer: String,
-    conn: Mutex<Conn>,
+    conn: Mutex<LineProcess>,
     /// Holds `provider.log` (node's stderr); removed on Drop after node was killed.
     dir: TempDir,
 }
@@ -319,55 +269,19 @@ impl OidcProvider {
     /// Sends one command (`fields` plus `cmd` and a fresh `id`) and waits for its answer.
     fn request(&self, command: &str, fields: Value) -> Result<Value> {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        conn.last_id += 1;
-        let id = conn.last_id;
-        let mut line = fields;
-        line["cmd"] = json!(command);
-        line["id"] = json!(id);
-        let sent = writeln!(conn.stdin, "{line}").and_then(|()| conn.stdin.flush());
-        if let Err(e) = sent {
-            let status = conn.exit_status();
-            bail!(self.failure(&format!("could not send `{command}` ({e})"), status));
-        }
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        loop {
-            match conn.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(text) => {
-                    let Ok(answer) = serde_json::from_str::<Value>(&text) else {
-                        continue; // not protocol output; provider.mjs keeps stdout clean
-                    };
-                    if answer.get("id") != Some(&json!(id)) {
-                        continue; // the late answer to a command that timed out
-                    }
-                    if let Some(err) = answer.get("error") {
-                        let err = err.as_str().map_or_else(|| err.to_string(), str::to_owned);
-                        bail!(self.failure(&format!("`{command}` failed: {err}"), None));
-                    }
-                    return Ok(answer);
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    bail!(self.failure(&format!("no answer to `{command}` within {COMMAND_TIMEOUT:?}"), None));
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = conn.exit_status();
-                    bail!(self.failure(&format!("the provider exited before answering `{command}`"), status));
-                }
-            }
-        }
+        conn.request(self, command, &format!("`{command}`"), fields, COMMAND_TIMEOUT)
     }
+}
+
+impl Wording for OidcProvider {
+    const WHO: &'static str = "the provider";
 
     /// An error message naming the provider, with node's exit status if known and the end of
     /// its log.
     fn failure(&self, what: &str, status: Option<ExitStatus>) -> String {
-        let status = status.map(|s| format!(", {s}")).unwrap_or_default();
-        format!(
-            "OIDC provider ({} {} on 127.0.0.1:{}{status}): {what}; last lines of {}:\n{}",
-            self.node.display(),
-            package_dir().join(SCRIPT).display(),
-            self.port,
-            self.log_path().display(),
-            log_tail(&self.log_path(), LOG_LINES)
-        )
+        let detail =
+            format!("{} {} on 127.0.0.1:{}", self.node.display(), package_dir().join(SCRIPT).display(), self.port);
+        lineproto::failure("OIDC provider", &detail, status, what, &self.log_path(), LOG_LINES)
     }
 }
 
@@ -402,101 +316,28 @@ fn string_field(answer: &Value, name: &str) -> Result<String> {
 
 /// Starts `node provider.mjs <port>` with stderr appended to `log` and waits for its
 /// `ready <issuer>` line. A port clash is reported as [`PortInUse`].
-fn spawn(node: &Path, pkg: &Path, log: &Path, port: u16) -> Result<(String, Conn)> {
-    let script = pkg.join(SCRIPT);
-    let offset = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
-    let stderr = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("opening {}", log.display()))?;
+fn spawn(node: &Path, pkg: &Path, log: &Path, port: u16) -> Result<(String, LineProcess)> {
+    let issuer = format!("http://127.0.0.1:{port}");
+    let launch = Launch {
+        package: PACKAGE,
+        node_needed: "20.19 or newer",
+        log,
+        log_lines: LOG_LINES,
+        ready: &format!("ready {issuer}"),
+        timeout: STARTUP_TIMEOUT,
+    };
     let mut command = Command::new(node);
-    command
-        .arg(&script)
-        .arg(port.to_string())
-        .current_dir(pkg)
-        // A preload from the caller's environment could print on stdout and break the protocol.
-        .env_remove("NODE_OPTIONS")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(stderr);
-    let shown = cmd::describe(&command);
-    let mut child = command.spawn().with_context(|| format!("could not start `{shown}`"))?;
-    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("`{shown}` started without pipes");
-    };
-    let (tx, lines) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut conn = Conn { child, stdin, lines, last_id: 0 };
-
-    let failed = |conn: &mut Conn, what: String| -> anyhow::Error {
-        conn.kill();
-        let status = conn.exit_status().map(|s| format!(" ({s})")).unwrap_or_default();
-        let version = cmd::run(Command::new(node).arg("--version"), SETUP_TIMEOUT)
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_else(|e| format!("`{} --version` failed: {e}", node.display()));
-        anyhow!(
-            "`{shown}`{status}: {what} (node {version}; {PACKAGE} needs node 20.19 or newer); last lines of {}:\n{}",
-            log.display(),
-            log_tail(log, LOG_LINES)
-        )
-    };
-    let expected = format!("http://127.0.0.1:{port}");
-    match conn.lines.recv_timeout(STARTUP_TIMEOUT) {
-        Ok(line) => match line.strip_prefix("ready ") {
-            Some(issuer) if issuer.trim() == expected => Ok((expected, conn)),
-            _ => Err(failed(&mut conn, format!("printed {line:?} instead of `ready {expected}`"))),
-        },
-        Err(RecvTimeoutError::Timeout) => {
-            Err(failed(&mut conn, format!("did not print `ready <issuer>` within {STARTUP_TIMEOUT:?}")))
-        }
-        Err(RecvTimeoutError::Disconnected) => {
-            // Exited before listening: a taken port, or a broken installation.
-            let _ = conn.child.wait();
-            let new_log = fs::read(log)
-                .map(|b| {
-                    let start = usize::try_from(offset).unwrap_or(0).min(b.len());
-                    String::from_utf8_lossy(&b[start..]).into_owned()
-                })
-                .unwrap_or_default();
-            if let Some(line) = new_log.lines().find(|l| l.contains("EADDRINUSE")) {
-                return Err(PortInUse { port, detail: line.to_owned() }.into());
-            }
-            Err(failed(&mut conn, "exited while starting".to_owned()))
-        }
-    }
+    command.arg(pkg.join(SCRIPT)).arg(port.to_string()).current_dir(pkg);
+    let conn = LineProcess::start(&mut command, &launch, |new_log| {
+        let line = new_log.lines().find(|l| l.contains("EADDRINUSE"))?;
+        Some(PortInUse { port, detail: line.to_owned() }.into())
+    })?;
+    Ok((issuer, conn))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn missing_package_says_how_to_install_it() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        fs::write(dir.path().join(SCRIPT), "")?;
-        let err = check_package(dir.path()).err().context("an empty directory must be refused")?;
-        let text = format!("{err:#}");
-        assert!(text.contains(NPM_INSTALL) && text.contains(PACKAGE), "{text}");
-
-        let installed = dir.path().join("node_modules").join(PACKAGE);
-        fs::create_dir_all(&installed)?;
-        fs::write(installed.join("package.json"), r#"{"name":"oauth2-mock-server","version":"9.0.0"}"#)?;
-        let err = check_package(dir.path()).err().context("a 9.x install must be refused")?;
-        assert!(format!("{err:#}").contains("9.0.0"), "{err:#}");
-
-        fs::write(installed.join("package.json"), r#"{"name":"oauth2-mock-server","version":"8.2.3"}"#)?;
-        check_package(dir.path())
-    }
 
     #[test]
     fn claims_must_be_an_object() {

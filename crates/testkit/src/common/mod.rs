@@ -1,7 +1,8 @@
 //! Building blocks shared by every server the kit starts: loopback ports ([`net`]), running
 //! commands with captured output and a deadline ([`cmd`]), dropping privileges when the tests run
-//! as root ([`user`]), per-server temporary directories ([`dir`]) and looking at processes by pid
-//! ([`process`]).
+//! as root ([`user`]), per-server temporary directories ([`dir`]), looking at processes by pid
+//! ([`process`]) and, crate-internal, the line protocol of the node scripts behind
+//! [`crate::oidc`] and [`crate::browser`] (`lineproto`).
 //!
 //! Each server module (today [`crate::postgres`]; later MariaDB, Redis and sshd) is a thin layer
 //! over these: find the binaries, make a directory, write a config naming a port from
@@ -9,6 +10,7 @@
 
 pub mod cmd;
 pub mod dir;
+pub(crate) mod lineproto;
 pub mod net;
 pub mod process;
 pub mod user;
