@@ -184,6 +184,37 @@ fn api_over_tls_with_the_configured_certificate() {
         .output()
         .unwrap();
     assert!(out.status.success() && stdout(&out).contains("admin"), "{}", stderr(&out));
+    // Over TLS the web console's cookies are Secure, the sign-in's included.
+    let jar = dir.path().join("jar");
+    let signin = Command::new("curl")
+        .args(["-sS", "-D", "-", "--cacert"])
+        .arg(&ca)
+        .arg("-c")
+        .arg(&jar)
+        .arg(format!("{https}/console/signin"))
+        .output()
+        .unwrap();
+    let page = stdout(&signin);
+    assert!(page.contains("set-cookie: gatehouse_csrf=") && page.contains("; Secure"), "{page}");
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
+    let signed = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert"])
+        .arg(&ca)
+        .arg("-b")
+        .arg(&jar)
+        .args(["--data-urlencode", &format!("csrf={csrf}"), "--data-urlencode"])
+        .arg(format!("token={}", gw.admin_token()))
+        .arg(format!("{https}/console/signin/token"))
+        .output()
+        .unwrap();
+    let headers = stdout(&signed);
+    let cookie = headers.lines().find(|l| l.starts_with("set-cookie: gatehouse_console=")).unwrap_or_default();
+    assert!(
+        headers.lines().next().is_some_and(|l| l.contains(" 303"))
+            && cookie.contains("HttpOnly")
+            && cookie.contains("Secure"),
+        "{headers}"
+    );
 
     // A key that does not match, or a missing one, stops the server with one line.
     let e = serve_fails(&[("GATEHOUSE_TLS_CERT", cert.to_str().unwrap())], None);
