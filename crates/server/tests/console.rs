@@ -236,6 +236,12 @@ fn the_admin_token_signs_in_and_manages_identities_connections_and_policies() {
     shot(&page, "identities");
     page.goto(&format!("{}/console/identities", gw.url())).unwrap();
     assert!(!page.text("main").unwrap().contains(&token), "shown once only");
+    // Rotating shows the new token once; the old one stops working.
+    page.click("tr[data-identity=fn-billing] button:has-text('Rotate token')").unwrap();
+    let rotated = page.text("[data-test=new-token]").unwrap().trim().to_string();
+    assert_ne!(rotated, token);
+    assert_eq!(curl("GET", &format!("{}/api/v1/whoami", gw.url()), Some(&token), None).status, 401);
+    assert_eq!(curl("GET", &format!("{}/api/v1/whoami", gw.url()), Some(&rotated), None).json()["name"], "fn-billing");
 
     // An HTTP connection with a bearer credential: stored, never shown again.
     page.goto(&format!("{}/console/connections", gw.url())).unwrap();
@@ -263,6 +269,9 @@ fn the_admin_token_signs_in_and_manages_identities_connections_and_policies() {
         curl("GET", &format!("{}/api/v1/connections/billing-api", gw.url()), Some(gw.admin_token()), None).json();
     assert_eq!(shown["description"], "invoices and refunds");
     assert_eq!(shown["credential"]["kind"], "bearer", "the stored credential was kept: {shown}");
+    // Its reachability test says what happened, here that nothing answers there.
+    page.click("tr[data-connection=billing-api] button:has-text('Test')").unwrap();
+    page.wait_text("main", "billing.example.com:443").unwrap();
     shot(&page, "connections");
 
     // A policy with an error is refused in place, the text kept; a valid one is applied.

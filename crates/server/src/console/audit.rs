@@ -78,7 +78,7 @@ async fn render(app: &AppState, viewer: &Viewer, q: &AuditQuery) -> Response {
         }
         h2 { "Management events" }
         table class="list" {
-            thead { tr { th { "Time" } th { "Identity" } th { "Operation" } th { "Target" } th { "Decision" } th { "Outcome" } } }
+            thead { tr { th scope="col" { "Time" } th scope="col" { "Identity" } th scope="col" { "Operation" } th scope="col" { "Target" } th scope="col" { "Decision" } th scope="col" { "Outcome" } } }
             tbody {
                 @if rows.is_empty() { tr { td colspan="6" class="empty" { "No management events." } } }
                 @for (s, request, result) in &rows {

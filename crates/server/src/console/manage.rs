@@ -19,7 +19,13 @@ pub struct Editing {
 }
 
 fn notice(text: &str) -> Markup {
-    html! { @if !text.is_empty() { p class="notice" role="status" { (text) } } }
+    html! {
+        @if let Some(warning) = text.strip_prefix(super::WARNING) {
+            p class="error" role="alert" { (warning) }
+        } @else if !text.is_empty() {
+            p class="notice" role="status" { (text) }
+        }
+    }
 }
 
 fn problem_list(e: &ApiError) -> Markup {
@@ -209,7 +215,7 @@ async fn connections_page(
         (notice(message))
         @if let Some(e) = problem { (problem_list(e)) }
         table class="list" {
-            thead { tr { th { "Name" } th { "Type" } th { "Target" } th { "Credential" } th { "Masking" } th { "Updated" } th { span class="visually-hidden" { "Actions" } } } }
+            thead { tr { th scope="col" { "Name" } th scope="col" { "Type" } th scope="col" { "Target" } th scope="col" { "Credential" } th scope="col" { "Masking" } th scope="col" { "Updated" } th scope="col" { span class="visually-hidden" { "Actions" } } } }
             tbody {
                 @if list.is_empty() { tr { td colspan="7" class="empty" { "No connections yet." } } }
                 @for c in &list {
@@ -222,6 +228,10 @@ async fn connections_page(
                         td { (when_text(&c.updated_at)) }
                         td class="actions" {
                             a href=(format!("/console/connections?edit={}", c.name)) { "Edit" }
+                            form method="post" action=(format!("/console/connections/{}/test", c.name)) class="inline" {
+                                (csrf_field(viewer))
+                                button type="submit" class="link" aria-label=(format!("Test {}", c.name)) { "Test" }
+                            }
                             form method="post" action=(format!("/console/connections/{}/delete", c.name)) class="inline" {
                                 (csrf_field(viewer))
                                 button type="submit" class="link danger" aria-label=(format!("Delete {}", c.name)) { "Delete" }
@@ -291,6 +301,31 @@ pub async fn delete_connection(
     }
 }
 
+/// Tries to reach a connection's resource, and says how it went on the next page.
+pub async fn test_connection(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    posted: Posted<NoFields>,
+) -> Response {
+    let viewer = posted.viewer;
+    match crate::api::connections::test(State(app.clone()), Caller(viewer.identity.clone()), Path(name.clone())).await {
+        Ok(axum::Json(r)) => {
+            let message = match (r.reachable, r.latency_ms, r.error) {
+                (true, Some(ms), _) => format!("Connection {name}: {} answered in {ms:.1} ms.", r.address),
+                (true, None, _) => format!("Connection {name}: {} answered.", r.address),
+                (false, _, e) => format!(
+                    "{}Connection {name}: {} is unreachable: {}.",
+                    super::WARNING,
+                    r.address,
+                    e.unwrap_or_default()
+                ),
+            };
+            done(&app, "/console/connections", &message)
+        }
+        Err(e) => failed(&viewer, &e),
+    }
+}
+
 // ---- identities ----
 
 #[derive(Debug, Default, Deserialize)]
@@ -326,7 +361,7 @@ async fn identities_page(
         @if let Some(e) = problem { (problem_list(e)) }
         p class="hint" { "Service accounts are listed here. People sign in through the identity provider; their groups come from it." }
         table class="list" {
-            thead { tr { th { "Name" } th { "Kind" } th { "Groups" } th { "Created" } th { "Token expires" } th { "Last used" } th { span class="visually-hidden" { "Actions" } } } }
+            thead { tr { th scope="col" { "Name" } th scope="col" { "Kind" } th scope="col" { "Groups" } th scope="col" { "Created" } th scope="col" { "Token expires" } th scope="col" { "Last used" } th scope="col" { span class="visually-hidden" { "Actions" } } } }
             tbody {
                 @for i in &list {
                     tr data-identity=(i.name) {
@@ -337,6 +372,12 @@ async fn identities_page(
                         td { @if let Some(e) = &i.expires_at { (when_text(e)) @if i.expired { " " (badge("expired")) } } @else { "never" } }
                         td { @if let Some(u) = &i.last_used_at { (when_text(u)) } @else { "—" } }
                         td class="actions" {
+                            @if i.kind == "service" {
+                                form method="post" action=(format!("/console/identities/{}/rotate", i.name)) class="inline" {
+                                    (csrf_field(viewer))
+                                    button type="submit" class="link" aria-label=(format!("Rotate the token of {}", i.name)) { "Rotate token" }
+                                }
+                            }
                             form method="post" action=(format!("/console/identities/{}/delete", i.name)) class="inline" {
                                 (csrf_field(viewer))
                                 button type="submit" class="link danger" aria-label=(format!("Delete {}", i.name)) { "Delete" }
@@ -375,6 +416,29 @@ pub async fn add_identity(State(app): State<AppState>, posted: Posted<IdentityFo
             identities_page(&app, &viewer, &IdentityForm::default(), &message, Some(&created.token), None).await
         }
         Err(e) => identities_page(&app, &viewer, &form, "", None, Some(&e)).await,
+    }
+}
+
+/// A new token for a service account (the old one stops working at once), shown once.
+pub async fn rotate_identity(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    posted: Posted<NoFields>,
+) -> Response {
+    let viewer = posted.viewer;
+    let rotated = crate::api::identities::rotate(
+        State(app.clone()),
+        Caller(viewer.identity.clone()),
+        Path(name.clone()),
+        axum::body::Bytes::new(),
+    )
+    .await;
+    match rotated {
+        Ok(axum::Json(r)) => {
+            let message = format!("The token of {name} was rotated; the old one no longer works.");
+            identities_page(&app, &viewer, &IdentityForm::default(), &message, Some(&r.token), None).await
+        }
+        Err(e) => failed(&viewer, &e),
     }
 }
 

@@ -41,6 +41,8 @@ const LOGIN_COOKIE: &str = "gatehouse_login";
 /// A one-time message for the page after a change ("Connection x added."): a cookie, so that a
 /// link from elsewhere cannot put words on a console page.
 const FLASH_COOKIE: &str = "gatehouse_flash";
+/// Starts a one-time message that reports a failure rather than a success.
+const WARNING: &str = "!";
 /// The CSRF token of the token sign-in form (before there is a sign-in to hold one).
 const PRE_CSRF_COOKIE: &str = "gatehouse_csrf";
 /// Sign-ins held at once; past this, the oldest are dropped.
@@ -551,8 +553,10 @@ pub fn router(app: &AppState) -> Router<AppState> {
         .route("/console/reviews/{id}/deny", post(reviews::deny))
         .route("/console/connections", get(manage::connections).post(manage::add_connection))
         .route("/console/connections/{name}/delete", post(manage::delete_connection))
+        .route("/console/connections/{name}/test", post(manage::test_connection))
         .route("/console/identities", get(manage::identities).post(manage::add_identity))
         .route("/console/identities/{name}/delete", post(manage::delete_identity))
+        .route("/console/identities/{name}/rotate", post(manage::rotate_identity))
         .route("/console/policies", get(manage::policies).post(manage::set_policies))
         .route("/console/policies/check", post(manage::check))
         .route("/console/audit", get(audit::show))
