@@ -1,10 +1,38 @@
-//! Listener connection limits, the same for every adapter: each accepted connection is counted
-//! until its [`Counted`] guard is dropped; over the limit, a connection is refused in the
+//! What every listener does the same way: accepting connections until told to stop
+//! ([`accept_until`], [`Admission::accept`]), and limiting how many are open: each accepted
+//! connection is counted until its [`Counted`] guard is dropped; over the limit, a connection is refused in the
 //! protocol's own terms, and past a bounded number of such refusals in progress it is closed at
 //! once (so a flood costs neither memory nor tasks).
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a listener waits after a failed accept (out of file descriptors, say) before it
+/// tries again, rather than spinning or giving up.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// The next connection on `listener`, or `None` once `stop` completes. A failed accept is
+/// logged and retried; it never ends the listener.
+pub async fn accept_until(listener: &TcpListener, stop: impl Future<Output = ()>) -> Option<(TcpStream, SocketAddr)> {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => return Some(connection),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            },
+        }
+    }
+}
 
 /// Callers over the limit that are still told so; beyond these, more are closed at once.
 pub const REFUSING_AT_MOST: usize = 128;
@@ -59,6 +87,27 @@ impl Admission {
             Some(max) if count > max => Admit::Refuse { counted, max },
             _ => Admit::Serve(counted),
         }
+    }
+
+    /// The next connection on a listener of this admission, with `TCP_NODELAY` set and counted,
+    /// or `None` once `shutdown` turns true. `over_limit` is told of each connection over the
+    /// limit (for the metric).
+    pub async fn accept(
+        &self,
+        listener: &TcpListener,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        over_limit: impl FnOnce(),
+    ) -> Option<(TcpStream, SocketAddr, Admit)> {
+        let stopping = async {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        let (stream, peer) = accept_until(listener, stopping).await?;
+        let _ = stream.set_nodelay(true);
+        let admitted = self.admit();
+        if admitted.is_over() {
+            over_limit();
+        }
+        Some((stream, peer, admitted))
     }
 }
 

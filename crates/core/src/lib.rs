@@ -1,8 +1,9 @@
 //! The vocabulary every other Gatehouse crate speaks: who is calling ([`Identity`]), what they
 //! touch ([`Resource`]), what they ask ([`AuthzRequest`]) and what the gateway answers
-//! ([`Decision`]), plus the [`Blame`] carried by errors and the listener connection count every
-//! adapter admits callers by ([`admission`]). This crate does no I/O and knows no
-//! protocol, storage or policy language; it only defines the types the pipeline passes around.
+//! ([`Decision`]), plus the [`Blame`] carried by errors and what every listener shares
+//! ([`admission`]: the accept loop and the connection count callers are admitted by). Beyond
+//! that accept loop this crate does no I/O, and it knows no protocol, storage or policy
+//! language; it defines the types the pipeline passes around.
 
 #![forbid(unsafe_code)]
 

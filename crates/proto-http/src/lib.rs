@@ -104,23 +104,8 @@ pub async fn serve<P: Pipeline>(
     let shared = Arc::new(Shared { pipeline, config, upstreams });
     let admission = gatehouse_core::admission::Admission::new(shared.config.max_connections);
     loop {
-        let accepted = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let admitted = admission.admit();
-        if admitted.is_over() {
-            shared.pipeline.over_limit("http", gatehouse_core::pipeline::Limit::ListenerConnections);
-        }
+        let over = || shared.pipeline.over_limit("http", gatehouse_core::pipeline::Limit::ListenerConnections);
+        let Some((stream, peer, admitted)) = admission.accept(&listener, &mut shutdown, over).await else { break };
         let shared = shared.clone();
         let counted = match admitted {
             gatehouse_core::admission::Admit::Serve(counted) => counted,

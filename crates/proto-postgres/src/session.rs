@@ -97,23 +97,8 @@ pub async fn serve<P: Pipeline, S: Statements>(
     let cancels: CancelMap = Arc::default();
     let admission = Admission::new(config.max_connections);
     loop {
-        let accepted = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let admitted = admission.admit();
-        if admitted.is_over() {
-            pipeline.over_limit("postgres", gatehouse_core::pipeline::Limit::ListenerConnections);
-        }
+        let over = || pipeline.over_limit("postgres", gatehouse_core::pipeline::Limit::ListenerConnections);
+        let Some((stream, peer, admitted)) = admission.accept(&listener, &mut shutdown, over).await else { break };
         let counted = match admitted {
             Admit::Serve(counted) => counted,
             Admit::Refuse { counted, max } => {
