@@ -260,7 +260,9 @@ impl OidcVerifier {
     pub async fn verify_id_token(&self, token: &str, client_id: &str, nonce: &str) -> Result<Identity, AuthError> {
         let claims = self.claims(token, client_id).await?;
         match claims["nonce"].as_str() {
-            Some(n) if constant_time_eq(n.as_bytes(), nonce.as_bytes()) => self.identity(&claims),
+            Some(n) if bool::from(subtle::ConstantTimeEq::ct_eq(n.as_bytes(), nonce.as_bytes())) => {
+                self.identity(&claims)
+            }
             Some(_) => Err(AuthError::Rejected("ID token carries another sign-in's nonce".into())),
             None => Err(AuthError::Rejected("ID token carries no nonce".into())),
         }
@@ -323,11 +325,6 @@ impl OidcVerifier {
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
-}
-
-/// Equal bytes, compared in time independent of where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether a bearer value looks like a JWT (three base64url parts).

@@ -41,6 +41,15 @@ pub async fn list(
     Caller(caller): Caller,
     Params(params): Params<ListParams>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    Ok(Json(visible_list(&app, &caller, params).await?.iter().map(reviews::view).collect()))
+}
+
+/// The reviews `caller` may see, pending first, then newest first.
+pub(crate) async fn visible_list(
+    app: &AppState,
+    caller: &Identity,
+    params: ListParams,
+) -> Result<Vec<ReviewRecord>, ApiError> {
     let limit = params.limit.unwrap_or(50);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::invalid("limit must be between 1 and 1000"));
@@ -51,14 +60,14 @@ pub async fn list(
             ApiError::invalid(format!("status {s:?} is not one of pending, approved, denied, expired"))
         })?),
     };
-    let all = sees_all(&app, &caller);
+    let all = sees_all(app, caller);
     // Read more than asked when filtering by visibility, so a page is rarely short.
     let fetch = if all { limit } else { (limit * 4).min(4000) };
     let mut found = app.store.list_reviews(ReviewFilter { status, requester: None, limit: fetch }).await?;
-    found.retain(|r| visible(&caller, all, r));
+    found.retain(|r| visible(caller, all, r));
     found.sort_by_key(|r| (r.status != ReviewStatus::Pending, -r.created_at));
     found.truncate(limit);
-    Ok(Json(found.iter().map(reviews::view).collect()))
+    Ok(found)
 }
 
 async fn visible_review(app: &AppState, caller: &Identity, id: &str) -> Result<ReviewRecord, ApiError> {

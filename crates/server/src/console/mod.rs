@@ -268,6 +268,12 @@ struct CsrfField {
     csrf: String,
 }
 
+/// Whether a presented secret (a CSRF token, a sign-in state) is the expected one, compared in
+/// constant time.
+fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    subtle::ConstantTimeEq::ct_eq(presented, expected).into()
+}
+
 /// Refuses a form sent from another origin (when the browser says where it came from).
 fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else { return true };
@@ -291,7 +297,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Posted<T> {
             .await
             .map_err(|_| error_page(Some(&viewer), StatusCode::PAYLOAD_TOO_LARGE, "the form is larger than 1 MiB"))?;
         let csrf: CsrfField = serde_urlencoded::from_bytes(&bytes).unwrap_or(CsrfField { csrf: String::new() });
-        if !gatehouse_auth::oidc::constant_time_eq(csrf.csrf.as_bytes(), viewer.csrf.as_bytes()) {
+        if !same_secret(csrf.csrf.as_bytes(), viewer.csrf.as_bytes()) {
             return Err(error_page(
                 Some(&viewer),
                 StatusCode::FORBIDDEN,

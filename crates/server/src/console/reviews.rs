@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Flash, Posted, Section, Viewer, badge, csrf_field, done, failed, section_page, when_text};
-use crate::api::{ApiError, AppState, Caller, Params};
+use crate::api::{ApiError, AppState};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ListQuery {
@@ -103,30 +103,22 @@ fn card(viewer: &Viewer, r: &Value, may: &Result<(), String>) -> Markup {
 async fn render(app: &AppState, viewer: &Viewer, q: &ListQuery, flash: &str, problem: Option<&ApiError>) -> Response {
     let status = (!q.status.is_empty()).then(|| q.status.clone());
     let params = crate::api::reviews::ListParams { status, limit: Some(200) };
-    let list =
-        match crate::api::reviews::list(State(app.clone()), Caller(viewer.identity.clone()), Params(params)).await {
-            Ok(axum::Json(list)) => list,
-            Err(e) => return failed(viewer, &e),
-        };
+    let records = match crate::api::reviews::visible_list(app, &viewer.identity, params).await {
+        Ok(records) => records,
+        Err(e) => return failed(viewer, &e),
+    };
     let now = gatehouse_audit::now_ms();
     let mut cards = vec![];
-    for r in &list {
-        let id = r["id"].as_str().unwrap_or_default();
-        let may = if r["status"] == "pending" {
-            match app.store.get_review(id).await {
-                Ok(Some(record)) => match crate::reviews::obstacle(&record, &viewer.identity, now, "approve").0 {
-                    None => Ok(()),
-                    Some(e) => Err(e.to_string()),
-                },
-                Ok(None) => Err("this review no longer exists".to_string()),
-                Err(e) => Err(format!("the store is unavailable: {e}")),
-            }
-        } else {
-            Err(String::new())
+    for record in &records {
+        let view = crate::reviews::view(record);
+        // Only a pending review can be voted on; the reason a decided one cannot is not shown.
+        let may = match crate::reviews::obstacle(record, &viewer.identity, now, "approve").0 {
+            None => Ok(()),
+            Some(e) => Err(e.to_string()),
         };
-        cards.push(card(viewer, r, &may));
+        cards.push(card(viewer, &view, &may));
     }
-    let pending = list.iter().filter(|r| r["status"] == "pending").count();
+    let pending = records.iter().filter(|r| r.status == ReviewStatus::Pending).count();
     let body = html! {
         @if let Some(e) = problem { p class="error" role="alert" data-test="vote-error" { (e.to_string()) } }
         @if !flash.is_empty() { p class="notice" role="status" data-test="vote-done" { (flash) } }
@@ -142,7 +134,7 @@ async fn render(app: &AppState, viewer: &Viewer, q: &ListQuery, flash: &str, pro
             div class="field actions" { button type="submit" { "Show" } }
         }
         p class="hint" id="live-status" aria-live="polite" data-refresh="10" { (pending) " pending." }
-        @if list.is_empty() { p class="empty" { "No reviews." } }
+        @if records.is_empty() { p class="empty" { "No reviews." } }
         @for c in cards { (c) }
     };
     section_page(viewer, "Reviews", Section::Reviews, problem, body)

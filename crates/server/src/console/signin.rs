@@ -127,7 +127,7 @@ pub async fn with_token(State(app): State<AppState>, req: Request) -> Response {
     let fresh = gatehouse_auth::login::random_token(32).unwrap_or_default();
     if !same_origin(&parts.headers)
         || expected.is_empty()
-        || !gatehouse_auth::oidc::constant_time_eq(expected.as_bytes(), form.csrf.as_bytes())
+        || !super::same_secret(expected.as_bytes(), form.csrf.as_bytes())
     {
         let problem = "this form's security token is missing or out of date; try again";
         return sign_in_page(&app, &fresh, &next, Some(problem), StatusCode::FORBIDDEN);
@@ -201,7 +201,7 @@ pub async fn callback(State(app): State<AppState>, headers: HeaderMap, Query(cb)
         return fail(StatusCode::BAD_REQUEST, "The identity provider sent no code and state".into());
     };
     let bound = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if bound.is_empty() || !gatehouse_auth::oidc::constant_time_eq(bound.as_bytes(), state.as_bytes()) {
+    if bound.is_empty() || !super::same_secret(bound.as_bytes(), state.as_bytes()) {
         return fail(StatusCode::BAD_REQUEST, "This sign-in was not started in this browser".into());
     }
     let Some(pending) = app.console.take_pending(&state) else {
