@@ -27,6 +27,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 install_missing "${missing[@]}"
 PATH=$PATH:/usr/sbin
 bench_setup
+machine_costs
 
 NGINX_PORT=$(free_port); HAPROXY_PORT=$(free_port); API_PORT=$(free_port); PG_LISTEN=$(free_port)
 HTTP_PORT=$(free_port)
@@ -149,11 +150,10 @@ if [ -n "${PROFILE:-}" ]; then
     echo "== where Gatehouse spends its CPU under wrk, $CONNECTIONS connections (perf, self time)"
     perf record -q -F 4999 -g -o "$TMP/perf.data" -p "$GW_PID" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
     perf_pid=$!
-    cpu_ticks() { awk '{print $14 + $15}' "/proc/$GW_PID/stat"; }
-    before=$(cpu_ticks)
+    before=$(cpu_ticks "$GW_PID")
     out=$(wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" -H "Authorization: Bearer $BENCH_TOKEN" \
         "http://127.0.0.1:$HTTP_PORT/web/v1/customers.json")
-    after=$(cpu_ticks)
+    after=$(cpu_ticks "$GW_PID")
     wait "$perf_pid" || { echo "perf failed:"; cat "$TMP/perf.log"; }
     requests=$(echo "$out" | awk '/requests in/ {print $1}')
     awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$requests" \

@@ -97,3 +97,34 @@ best_tps() {
     done
     echo "$best"
 }
+
+# machine_costs: what this machine charges for two things no recording proxy avoids, so that the
+# ratios measured here can be read against another machine's: a wake-up round trip between two
+# processes over pipes (each hop through a proxy pays such wake-ups) and a 4 KiB write forced to
+# disk in $TMP (what forcing the audit trail to disk costs).
+machine_costs() {
+    python3 - "$TMP" <<'PY'
+import os, sys, time
+r1, w1 = os.pipe(); r2, w2 = os.pipe(); n = 2000
+if os.fork() == 0:
+    for _ in range(n):
+        os.read(r1, 1); os.write(w2, b"x")
+    os._exit(0)
+start = time.perf_counter()
+for _ in range(n):
+    os.write(w1, b"x"); os.read(r2, 1)
+wake = (time.perf_counter() - start) / n * 1e6
+os.wait()
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600); block = b"x" * 4096; m = 50
+start = time.perf_counter()
+for _ in range(m):
+    os.pwrite(fd, block, 0); os.fdatasync(fd)
+sync = (time.perf_counter() - start) / m * 1e6
+os.close(fd); os.remove(path)
+print(f"== this machine: a wake-up round trip between two processes {wake:.0f} us, a 4 KiB write forced to disk {sync:.0f} us")
+PY
+}
+
+# cpu_ticks PID: the CPU time (user + system, in clock ticks) the process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

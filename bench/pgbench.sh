@@ -3,7 +3,9 @@
 # mode) in the same run. Starts its own PostgreSQL, pgbouncer and Gatehouse on loopback ports
 # picked at run time, TLS off on every path, recording on in Gatehouse. Runs `pgbench -S` in the
 # simple and the extended protocol at each client count, best of RUNS runs per path, and prints
-# TPS, average latency and the ratios Gatehouse/direct and Gatehouse/pgbouncer.
+# TPS, average latency, Gatehouse's CPU per transaction and the ratios Gatehouse/direct and
+# Gatehouse/pgbouncer. It starts by printing what this machine charges for a wake-up round trip
+# and for forcing a write to disk, the two costs that set how far any recording proxy can go.
 #
 #   bench/pgbench.sh                    # defaults: CLIENTS="1 16" DURATION=5 RUNS=3 SCALE=10
 #   CLIENTS="1 4 16" DURATION=10 bench/pgbench.sh
@@ -28,6 +30,7 @@ command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(
 install_missing "${missing[@]}"
 PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 bench_setup
+machine_costs
 
 PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); API_PORT=$(free_port); GW_PORT=$(free_port)
 
@@ -83,26 +86,32 @@ run_one() {
     esac 2>&1
 }
 best_of() {
-    local best_tps=0 best_lat=0 out tps lat
+    local best_tps=0 best_lat=0 out tps lat ticks=0 tx=0 before
     for _ in $(seq 1 "$RUNS"); do
+        before=$(cpu_ticks "$GW_PID")
         out=$(run_one "$@")
+        ticks=$(( ticks + $(cpu_ticks "$GW_PID") - before ))
+        tx=$(( tx + $(awk -F': ' '/^number of transactions actually processed/ {print $2 + 0; exit}' <<<"$out") ))
         tps=$(awk '/^tps = / {print $3; exit}' <<<"$out")
         lat=$(awk '/^latency average = / {print $4; exit}' <<<"$out")
         if [ -z "$tps" ]; then echo "pgbench failed ($*):" >&2; echo "$out" >&2; exit 1; fi
         if awk -v a="$tps" -v b="$best_tps" 'BEGIN {exit !(a > b)}'; then best_tps=$tps; best_lat=$lat; fi
     done
-    echo "$best_tps $best_lat"
+    # Gatehouse's CPU (user + system) per transaction over all the runs, while it carried them.
+    local cpu=-
+    [ "$3" = gatehouse ] && cpu=$(awk -v t="$ticks" -v n="$tx" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f", t / hz * 1e6 / n}')
+    echo "$best_tps $best_lat $cpu"
 }
 
-printf '\n%-9s %7s %-10s %12s %12s\n' mode clients path tps latency_ms
+printf '\n%-9s %7s %-10s %12s %12s %16s\n' mode clients path tps latency_ms gateway_cpu_us
 results=()
 for mode in simple extended; do
     for c in $CLIENTS; do
         declare -A tps=() lat=()
         for target in direct pgbouncer gatehouse; do
-            read -r t l < <(best_of "$mode" "$c" "$target")
+            read -r t l u < <(best_of "$mode" "$c" "$target")
             tps[$target]=$t; lat[$target]=$l
-            printf '%-9s %7s %-10s %12.0f %12.3f\n' "$mode" "$c" "$target" "$t" "$l"
+            printf '%-9s %7s %-10s %12.0f %12.3f %16s\n' "$mode" "$c" "$target" "$t" "$l" "$u"
         done
         results+=("$(awk -v m="$mode" -v c="$c" -v gt="${tps[gatehouse]}" -v dt="${tps[direct]}" -v bt="${tps[pgbouncer]}" \
             -v gl="${lat[gatehouse]}" -v dl="${lat[direct]}" -v bl="${lat[pgbouncer]}" 'BEGIN {
@@ -163,10 +172,9 @@ if [ -n "${PROFILE:-}" ]; then
     echo "== where Gatehouse spends its CPU under pgbench -S -M $PROFILE_MODE -c $PROFILE_CLIENTS (perf, self time)"
     perf record -q -F 4999 -g -o "$TMP/perf.data" -p "$GW_PID" -- sleep "$DURATION" >"$TMP/perf.log" 2>&1 &
     perf_pid=$!
-    cpu_ticks() { awk '{print $14 + $15}' "/proc/$GW_PID/stat"; }
-    before=$(cpu_ticks)
+    before=$(cpu_ticks "$GW_PID")
     out=$(run_one "$PROFILE_MODE" "$PROFILE_CLIENTS" gatehouse)
-    after=$(cpu_ticks)
+    after=$(cpu_ticks "$GW_PID")
     wait "$perf_pid" || { echo "perf failed:"; cat "$TMP/perf.log"; }
     awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
         /^tps = / { tps = $3 }
