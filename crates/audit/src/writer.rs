@@ -162,6 +162,8 @@ pub struct WriterStats {
     pub last_commit_micros: AtomicU64,
     /// Times the store's log and the chain head were forced to disk.
     pub syncs: AtomicU64,
+    /// Times the store's log was checkpointed in the background.
+    pub checkpoints: AtomicU64,
     /// Why forcing them to disk failed, once it has: no event is recorded after that.
     fsync_failure: std::sync::Mutex<Option<String>>,
     /// Why the last batch failed, until one succeeds again.
@@ -261,15 +263,16 @@ impl AuditWriter {
         let stats = Arc::new(WriterStats::default());
         let head_file = HeadFile::open(&head_path)
             .map_err(|e| AuditError::Unavailable(format!("cannot open the chain head {}: {e}", head_path.display())))?;
-        let syncer = match fsync {
+        let (sync, every) = match fsync {
             FsyncPolicy::Interval(every) => {
                 let head = head_file
                     .try_clone_file()
                     .map_err(|e| AuditError::Unavailable(format!("cannot open the chain head: {e}")))?;
-                Some(Syncer::start(store.log_files(), head, every, stats.clone())?)
+                (Some((store.log_files(), head)), every)
             }
-            FsyncPolicy::Off => None,
+            FsyncPolicy::Off => (None, FSYNC_INTERVAL),
         };
+        let syncer = Syncer::start(store.clone(), sync, every, stats.clone())?;
         let task = Task { store, keys, head_file, syncer, seq, prev, stats: stats.clone(), observer, failed: false };
         let shared = Arc::new(Shared {
             queue: std::sync::Mutex::new(Pending::default()),
@@ -449,7 +452,7 @@ struct Task {
     store: Arc<dyn Store>,
     keys: Arc<Keys>,
     head_file: HeadFile,
-    syncer: Option<Syncer>,
+    syncer: Syncer,
     seq: i64,
     prev: Vec<u8>,
     stats: Arc<WriterStats>,
@@ -464,7 +467,7 @@ impl Task {
     /// to be tried again: they record what happened, so they must not be lost.
     async fn commit(&mut self, jobs: Vec<Job>) -> Vec<Job> {
         let started = Instant::now();
-        if let Some(e) = self.syncer.as_ref().and_then(Syncer::failure) {
+        if let Some(e) = self.syncer.failure() {
             // What was committed may not reach the disk: record nothing more (fail closed).
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
             self.failed = true;
@@ -511,9 +514,7 @@ impl Task {
                     .head_file
                     .write(&head)
                     .map_err(|e| AuditError::Unavailable(format!("cannot write the chain head: {e}")));
-                if let Some(syncer) = &self.syncer {
-                    syncer.committed();
-                }
+                self.syncer.committed();
                 written
             }
             Err(e) => {
@@ -564,17 +565,22 @@ impl Task {
     }
 }
 
-/// Forces the store's log and the chain head to disk after commits, at most once per interval,
-/// on a thread of its own so that no caller waits for the disk.
+/// How often the store's log is checkpointed (moved to its final place) while commits go on.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The writer's background thread, so that no caller waits for the disk: after commits, it
+/// forces the store's log and the chain head to disk (with [`FsyncPolicy::Interval`]) at most
+/// once per interval, and checkpoints the store's log at most once per [`CHECKPOINT_EVERY`].
 struct Syncer {
     tx: std::sync::mpsc::SyncSender<()>,
     stats: Arc<WriterStats>,
 }
 
 impl Syncer {
+    /// `sync`: the files to force to disk (the store's log files and the chain head), if any.
     fn start(
-        files: Vec<PathBuf>,
-        head: std::fs::File,
+        store: Arc<dyn Store>,
+        sync: Option<(Vec<PathBuf>, std::fs::File)>,
         every: std::time::Duration,
         stats: Arc<WriterStats>,
     ) -> Result<Syncer, AuditError> {
@@ -586,6 +592,7 @@ impl Syncer {
             .name("audit-fsync".into())
             .spawn(move || {
                 let mut last: Option<Instant> = None;
+                let mut checkpointed = Instant::now();
                 while rx.recv().is_ok() {
                     if let Some(wait) = last.and_then(|l| every.checked_sub(l.elapsed())) {
                         std::thread::sleep(wait);
@@ -593,23 +600,35 @@ impl Syncer {
                     // Signals that arrived meanwhile are covered by this sync.
                     while rx.try_recv().is_ok() {}
                     last = Some(Instant::now());
-                    let result = files
-                        .iter()
-                        .try_for_each(|f| match std::fs::File::open(f) {
-                            Ok(file) => file.sync_data(),
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                            Err(e) => Err(e),
-                        })
-                        .and_then(|()| head.sync_data());
-                    match result {
-                        Ok(()) => {
-                            stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    if let Some((files, head)) = &sync {
+                        let result = files
+                            .iter()
+                            .try_for_each(|f| match std::fs::File::open(f) {
+                                Ok(file) => file.sync_data(),
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                                Err(e) => Err(e),
+                            })
+                            .and_then(|()| head.sync_data());
+                        match result {
+                            Ok(()) => {
+                                stats.syncs.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "the audit trail could not be forced to disk; new requests are refused");
+                                *stats.fsync_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                    Some(e.to_string());
+                                break;
+                            }
                         }
-                        Err(e) => {
-                            tracing::error!(error = %e, "the audit trail could not be forced to disk; new requests are refused");
-                            *stats.fsync_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                                Some(e.to_string());
-                            break;
+                    }
+                    if checkpointed.elapsed() >= CHECKPOINT_EVERY {
+                        checkpointed = Instant::now();
+                        match store.checkpoint() {
+                            Ok(()) => {
+                                stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // Not fatal: the commits checkpoint by themselves past a bound.
+                            Err(e) => tracing::warn!(error = %e, "the audit store could not be checkpointed; trying again later"),
                         }
                     }
                 }
@@ -652,7 +671,10 @@ mod tests {
         let stats = Arc::new(WriterStats::default());
         // A log file that does not exist yet is nothing to force.
         let files = vec![log, dir.path().join("not-yet")];
-        let syncer = Syncer::start(files, head.try_clone().unwrap(), FSYNC_INTERVAL, stats.clone()).unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(gatehouse_store::SqliteStore::open(&dir.path().join("g.db"), false).unwrap());
+        let sync = Some((files, head.try_clone().unwrap()));
+        let syncer = Syncer::start(store.clone(), sync, FSYNC_INTERVAL, stats.clone()).unwrap();
         assert_eq!(stats.syncs.load(Ordering::Relaxed), 0, "nothing committed, nothing forced");
         syncer.committed();
         assert!(wait_for(|| stats.syncs.load(Ordering::Relaxed) == 1));
@@ -666,9 +688,30 @@ mod tests {
         // A log that cannot be opened (its parent is a file): the failure is kept for the writer.
         let broken = vec![dir.path().join("head").join("wal")];
         let stats = Arc::new(WriterStats::default());
-        let syncer = Syncer::start(broken, head, FSYNC_INTERVAL, stats.clone()).unwrap();
+        let syncer = Syncer::start(store, Some((broken, head)), FSYNC_INTERVAL, stats.clone()).unwrap();
         syncer.committed();
         assert!(wait_for(|| stats.fsync_failure().is_some()));
         assert_eq!(syncer.failure(), stats.fsync_failure());
+    }
+
+    #[test]
+    fn the_syncer_checkpoints_the_store_at_most_once_a_second_even_without_forcing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(gatehouse_store::SqliteStore::open(&dir.path().join("g.db"), false).unwrap());
+        let stats = Arc::new(WriterStats::default());
+        let syncer = Syncer::start(store, None, FSYNC_INTERVAL, stats.clone()).unwrap();
+        syncer.committed();
+        std::thread::sleep(FSYNC_INTERVAL * 5);
+        assert_eq!(stats.checkpoints.load(Ordering::Relaxed), 0, "too soon after the start");
+        std::thread::sleep(CHECKPOINT_EVERY);
+        syncer.committed();
+        assert!(wait_for(|| stats.checkpoints.load(Ordering::Relaxed) == 1));
+        for _ in 0..20 {
+            syncer.committed();
+            std::thread::sleep(FSYNC_INTERVAL);
+        }
+        assert_eq!(stats.checkpoints.load(Ordering::Relaxed), 1, "at most one a second");
+        assert_eq!(stats.syncs.load(Ordering::Relaxed), 0, "nothing forced to disk under FsyncPolicy::Off");
     }
 }

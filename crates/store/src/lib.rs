@@ -82,6 +82,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn log_files(&self) -> Vec<std::path::PathBuf> {
         Vec::new()
     }
+    /// Moves what the log holds to its final place (SQLite: a passive WAL checkpoint, which
+    /// forces the log and the database to disk). Blocks the calling thread: the audit writer
+    /// calls it from a thread of its own, so that no commit on the data path waits for it. A store
+    /// that keeps no such log has nothing to do.
+    fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
     /// The newest event's sequence number and MAC, to continue the chain.
     async fn last_event(&self) -> Result<Option<(i64, Vec<u8>)>>;
     /// Events with `seq > after`, oldest first, at most `limit`.

@@ -19,6 +19,12 @@ mod embedded {
 
 const READERS: usize = 4;
 
+/// WAL pages after which the committing connection checkpoints by itself, forcing the log and
+/// the database to disk while the commit waits. The audit writer's background checkpoints
+/// ([`Store::checkpoint`]) normally keep the log well below this; it bounds the log's size when
+/// writes never pause long enough for them to catch up (64 MiB at the default 4 KiB page size).
+const WAL_BACKSTOP_PAGES: i64 = 16_384;
+
 /// Gatehouse's embedded store: a SQLite file in WAL mode.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -29,6 +35,8 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
+    /// Runs checkpoints beside the writer (none when opened read-only).
+    checkpointer: Option<Mutex<Connection>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -70,8 +78,14 @@ impl SqliteStore {
         let mut writer = open(true)?;
         restrict_to_owner(path)?;
         embedded::migrations::runner().run(&mut writer).map_err(|e| unavailable(format!("migration failed: {e}")))?;
+        // Checkpoints are the audit writer's background work; a commit makes one only when the
+        // log has grown far beyond what those keep it at.
+        writer.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES).map_err(db_err)?;
         let readers = (0..READERS).map(|_| open(false).map(Mutex::new)).collect::<Result<Vec<_>>>()?;
-        Ok(SqliteStore { inner: Arc::new(Inner { path: path.to_path_buf(), writer: Mutex::new(writer), readers }) })
+        let checkpointer = Some(Mutex::new(open(true)?));
+        Ok(SqliteStore {
+            inner: Arc::new(Inner { path: path.to_path_buf(), writer: Mutex::new(writer), readers, checkpointer }),
+        })
     }
 
     /// Opens an existing database for reading only: no migrations, no writes (for offline
@@ -86,7 +100,14 @@ impl SqliteStore {
         };
         let writer = open()?;
         let readers = (0..1).map(|_| open().map(Mutex::new)).collect::<Result<Vec<_>>>()?;
-        Ok(SqliteStore { inner: Arc::new(Inner { path: path.to_path_buf(), writer: Mutex::new(writer), readers }) })
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(writer),
+                readers,
+                checkpointer: None,
+            }),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -358,6 +379,22 @@ impl Store for SqliteStore {
         let mut wal = self.inner.path.clone().into_os_string();
         wal.push("-wal");
         vec![wal.into()]
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        let Some(checkpointer) = &self.inner.checkpointer else { return Ok(()) };
+        // Passive: copies what no reader still needs, without waiting for the writer or the
+        // readers. Once it has caught up, the next commit starts the log over from its beginning.
+        // Another checkpoint under way (a commit's, past the backstop) is no failure: it does
+        // the work.
+        match lock(checkpointer).query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                Ok(())
+            }
+            other => other.map_err(db_err),
+        }
     }
 
     async fn ping(&self) -> Result<()> {
