@@ -565,6 +565,19 @@ impl Task {
     }
 }
 
+/// Forces the store's log files (a file that does not exist yet holds nothing) and then the
+/// chain head to disk.
+fn force_to_disk(files: &[PathBuf], head: &std::fs::File) -> std::io::Result<()> {
+    files
+        .iter()
+        .try_for_each(|f| match std::fs::File::open(f) {
+            Ok(file) => file.sync_data(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        })
+        .and_then(|()| head.sync_data())
+}
+
 /// How often the store's log is checkpointed (moved to its final place) while commits go on.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -600,25 +613,16 @@ impl Syncer {
                     // Signals that arrived meanwhile are covered by this sync.
                     while rx.try_recv().is_ok() {}
                     last = Some(Instant::now());
-                    if let Some((files, head)) = &sync {
-                        let result = files
-                            .iter()
-                            .try_for_each(|f| match std::fs::File::open(f) {
-                                Ok(file) => file.sync_data(),
-                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                                Err(e) => Err(e),
-                            })
-                            .and_then(|()| head.sync_data());
-                        match result {
-                            Ok(()) => {
-                                stats.syncs.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "the audit trail could not be forced to disk; new requests are refused");
-                                *stats.fsync_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                                    Some(e.to_string());
-                                break;
-                            }
+                    match sync.as_ref().map(|(files, head)| force_to_disk(files, head)) {
+                        None => {}
+                        Some(Ok(())) => {
+                            stats.syncs.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!(error = %e, "the audit trail could not be forced to disk; new requests are refused");
+                            *stats.fsync_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some(e.to_string());
+                            break;
                         }
                     }
                     if checkpointed.elapsed() >= CHECKPOINT_EVERY {

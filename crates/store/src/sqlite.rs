@@ -21,8 +21,9 @@ const READERS: usize = 4;
 
 /// WAL pages after which the committing connection checkpoints by itself, forcing the log and
 /// the database to disk while the commit waits. The audit writer's background checkpoints
-/// ([`Store::checkpoint`]) normally keep the log well below this; it bounds the log's size when
-/// writes never pause long enough for them to catch up (64 MiB at the default 4 KiB page size).
+/// ([`Store::checkpoint`]) copy most of the log before then, but the log starts over only when
+/// one has caught up as a commit begins: under steady load it grows to this bound (64 MiB at the
+/// default 4 KiB page size), which keeps its size bounded.
 const WAL_BACKSTOP_PAGES: i64 = 16_384;
 
 /// Gatehouse's embedded store: a SQLite file in WAL mode.
