@@ -145,9 +145,15 @@ fn people_sign_in_with_the_identity_provider_follow_a_psql_session_and_approve_i
     assert!(bob.text("[data-test=not-eligible]").unwrap().contains("dba"), "the page says why");
     let id = bob.eval("document.querySelector('article.review-pending').dataset.review").unwrap();
     let id = id.as_str().unwrap().to_string();
+    let csrf = bob.eval("document.querySelector('input[name=csrf]').value").unwrap();
+    let csrf = csrf.as_str().unwrap().to_string();
+    // The reviews page reloads itself every 10 seconds while a review is pending: the forged votes
+    // are sent from a page that stays put, so that no reload cuts them short.
+    bob.goto(&sessions).unwrap();
+    alice.goto(&sessions).unwrap();
     let forged = format!(
-        "fetch('/console/reviews/{id}/approve', {{method: 'POST', body: new URLSearchParams({{csrf: \
-         document.querySelector('input[name=csrf]').value, comment: 'let me'}})}}).then(r => r.status)"
+        "fetch('/console/reviews/{id}/approve', {{method: 'POST', body: new URLSearchParams({{csrf: '{csrf}', \
+         comment: 'let me'}})}}).then(r => r.status)"
     );
     assert_eq!(bob.eval(&forged).unwrap(), json!(403), "the server refuses an ineligible vote");
     let without_csrf = format!(
