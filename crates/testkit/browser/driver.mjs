@@ -116,15 +116,22 @@ const commands = {
     const { page } = await session(req.context);
     const url = str(req, 'url');
     let response;
-    try {
-      response = await page.goto(url);
-    } catch (err) {
-      // After a failed navigation (a refused connection, say) Chromium loads its own error page
-      // a moment later; a navigation started meanwhile is interrupted by it. That is not this
-      // navigation's failure: go again once the error page is in.
-      if (!String(err?.message).includes('interrupted by another navigation to "chrome-error://')) throw err;
-      await page.waitForURL(/^chrome-error:/, { timeout: 5000 }).catch(() => {});
-      response = await page.goto(url);
+    // After a failed navigation (a refused connection, say) Chromium loads its own error page a
+    // moment later, and a second or so after that reloads the failed address by itself; a
+    // navigation under way meanwhile is interrupted by either. That is not this navigation's
+    // failure: go again once the browser's own navigation is in (a few times at most).
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        response = await page.goto(url);
+        break;
+      } catch (err) {
+        const message = String(err?.message);
+        const byErrorPage = message.includes('interrupted by another navigation to "chrome-error://');
+        const byReload = message.includes(`interrupted by another navigation to "${url}"`);
+        if ((!byErrorPage && !byReload) || attempt === 3) throw err;
+        if (byErrorPage) await page.waitForURL(/^chrome-error:/, { timeout: 5000 }).catch(() => {});
+        else await page.waitForLoadState('load', { timeout: 5000 }).catch(() => {});
+      }
     }
     // null for a same-document navigation (only the fragment changed).
     return { status: response === null ? null : response.status(), url: page.url() };
