@@ -4,16 +4,12 @@
 
 use ring::digest::{Context, SHA256};
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The digest of a statement's exact text.
 pub(crate) fn statement(text: &str) -> String {
     let mut ctx = Context::new(&SHA256);
     ctx.update(b"postgres statement\0");
     ctx.update(text.as_bytes());
-    hex(ctx.finish().as_ref())
+    hex::encode(ctx.finish())
 }
 
 /// The digest of a statement run with parameter values (`values` from [`Values::finish`]).
@@ -23,7 +19,7 @@ pub(crate) fn with_values(statement: &str, values: &str) -> String {
     ctx.update(statement.as_bytes());
     ctx.update(b"\0");
     ctx.update(values.as_bytes());
-    hex(ctx.finish().as_ref())
+    hex::encode(ctx.finish())
 }
 
 /// Parameter values as a `Bind` sends them, digested one by one.
@@ -52,7 +48,7 @@ impl Values {
 
     /// The values' digest; `None` when there were none (the statement alone is the request).
     pub fn finish(self) -> Option<String> {
-        (self.count > 0).then(|| hex(self.ctx.finish().as_ref()))
+        (self.count > 0).then(|| hex::encode(self.ctx.finish()))
     }
 }
 

@@ -34,7 +34,7 @@ pub(crate) fn render(value: Option<&[u8]>, binary: bool, type_oid: u32) -> Strin
     let text = if binary { decode_binary(type_oid, value) } else { std::str::from_utf8(value).ok().map(String::from) };
     match text {
         Some(text) => cap(&text),
-        None => hex(value),
+        None => as_hex(value),
     }
 }
 
@@ -49,9 +49,9 @@ fn cap(text: &str) -> String {
     format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
-fn hex(value: &[u8]) -> String {
-    let hex: String = value.iter().take(PARAM_RECORD_LIMIT / 2).map(|b| format!("{b:02x}")).collect();
-    format!("\\x{hex}{}", if value.len() > PARAM_RECORD_LIMIT / 2 { "…" } else { "" })
+fn as_hex(value: &[u8]) -> String {
+    let shown = &value[..value.len().min(PARAM_RECORD_LIMIT / 2)];
+    format!("\\x{}{}", hex::encode(shown), if value.len() > PARAM_RECORD_LIMIT / 2 { "…" } else { "" })
 }
 
 /// The text form of a binary-format value of a type decoded here; `None` for other types or a
@@ -83,7 +83,7 @@ fn decode_binary(type_oid: u32, v: &[u8]) -> Option<String> {
             _ => None,
         },
         UUID if v.len() == 16 => {
-            let h: String = v.iter().map(|b| format!("{b:02x}")).collect();
+            let h = hex::encode(v);
             Some(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
         }
         DATE => {
