@@ -18,6 +18,11 @@ mod reviews;
 mod serve;
 mod tls;
 
+/// mimalloc rather than the C library's allocator: the data path allocates many small buffers
+/// that live for one message or one request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     cli::main()
 }
