@@ -25,14 +25,19 @@ ensure_psycopg() {
         || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]==3.3.9'
 }
 
-# bench_setup: PostgreSQL's bin directory, the release build of Gatehouse, and a temporary
-# directory ($TMP) whose servers ($pids, PostgreSQL) are stopped on exit. Servers refuse to run as
-# root: they run as nobody then ($RUN, $OWNER).
+# bench_setup: PostgreSQL's bin directory, the release build of Gatehouse (or the binary
+# $GATEHOUSE_BIN names, to compare two builds), and a temporary directory ($TMP) whose servers
+# ($pids, PostgreSQL) are stopped on exit. Servers refuse to run as root: they run as nobody then
+# ($RUN, $OWNER).
 bench_setup() {
     BINDIR=$(pg_config --bindir 2>/dev/null || true)
     [ -x "$BINDIR/initdb" ] || BINDIR=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-    cargo build --release -q -p gatehouse-server
-    GATEHOUSE=$PWD/target/release/gatehouse
+    if [ -n "${GATEHOUSE_BIN:-}" ]; then
+        GATEHOUSE=$(realpath "$GATEHOUSE_BIN")
+    else
+        cargo build --release -q -p gatehouse-server
+        GATEHOUSE=$PWD/target/release/gatehouse
+    fi
     TMP=$(mktemp -d /tmp/gatehouse-bench.XXXXXX)
     chmod 755 "$TMP"
     if [ "$(id -u)" = 0 ]; then RUN=(runuser -u nobody --); OWNER=nobody; else RUN=(); OWNER=$(id -un); fi
@@ -128,3 +133,9 @@ PY
 
 # cpu_ticks PID: the CPU time (user + system, in clock ticks) the process has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# ctx_switches PID: the context switches (voluntary and not) of the process's threads so far.
+# Threads that ended are no longer counted: read it around a window in which none do.
+ctx_switches() {
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches:/ {n += $2} END {print n + 0}'
+}

@@ -3,9 +3,10 @@
 # mode) in the same run. Starts its own PostgreSQL, pgbouncer and Gatehouse on loopback ports
 # picked at run time, TLS off on every path, recording on in Gatehouse. Runs `pgbench -S` in the
 # simple and the extended protocol at each client count, best of RUNS runs per path, and prints
-# TPS, average latency, Gatehouse's CPU per transaction and the ratios Gatehouse/direct and
-# Gatehouse/pgbouncer. It starts by printing what this machine charges for a wake-up round trip
-# and for forcing a write to disk, the two costs that set how far any recording proxy can go.
+# TPS, average latency, the CPU and the context switches each proxy (pgbouncer, Gatehouse) spent
+# per transaction, and the ratios Gatehouse/direct and Gatehouse/pgbouncer. It starts by
+# printing what this machine charges for a wake-up round trip and for forcing a write to disk,
+# the two costs that set how far any recording proxy can go.
 #
 #   bench/pgbench.sh                    # defaults: CLIENTS="1 16" DURATION=5 RUNS=3 SCALE=10
 #   CLIENTS="1 4 16" DURATION=10 bench/pgbench.sh
@@ -15,6 +16,7 @@
 #   PROFILE=1 bench/pgbench.sh          # then profile Gatehouse (perf) under 1-client pgbench -S
 #   PROFILE=1 PROFILE_MODE=extended PROFILE_CLIENTS=16 bench/pgbench.sh   # another load to profile
 #   PROFILE=1 KEEP_PROFILE=gh.perf ...  # and keep the perf data for `perf report -i gh.perf`
+#   GATEHOUSE_BIN=/path/to/gatehouse bench/pgbench.sh   # measure that binary (compare two builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,11 +54,13 @@ pool_mode = session
 max_client_conn = 200
 default_pool_size = 50
 logfile = $TMP/run/pgbouncer.log
+pidfile = $TMP/run/pgbouncer.pid
 CONF
 chown -R "$OWNER" "$TMP/run"
 "${RUN[@]}" "$PGBOUNCER" "$TMP/run/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
 wait_port "$BOUNCER_PORT"
+BOUNCER_PID=$(cat "$TMP/run/pgbouncer.pid")
 
 echo "== Gatehouse on $GW_PORT (recording on, [audit] fsync = $FSYNC)"
 start_gatehouse "$API_PORT" "$GW_PORT" GATEHOUSE_AUDIT_FSYNC="$FSYNC"
@@ -75,7 +79,7 @@ unless { action == Action::"unmask" };
 CEDAR
 "$GATEHOUSE" policies set "$TMP/bench.cedar" >/dev/null
 
-# best_of MODE CLIENTS TARGET → "tps latency_ms"
+# run_one MODE CLIENTS TARGET: one pgbench run, its whole output.
 run_one() {
     local mode=$1 clients=$2 target=$3 jobs=$(( $2 < 2 ? 1 : 2 ))
     local args=(-n -S -M "$mode" -c "$clients" -j "$jobs" -T "$DURATION")
@@ -85,33 +89,42 @@ run_one() {
         gatehouse) PGPASSWORD=$BENCH_TOKEN PGSSLMODE=disable pgbench "${args[@]}" -h 127.0.0.1 -p "$GW_PORT" -U bench bench ;;
     esac 2>&1
 }
+# best_of MODE CLIENTS TARGET → "tps latency_ms proxy_cpu_us proxy_switches"
 best_of() {
-    local best_tps=0 best_lat=0 out tps lat ticks=0 tx=0 before
+    local best_tps=0 best_lat=0 out tps lat ticks=0 switches=0 tx=0 before_ticks before_switches pid=
+    case $3 in pgbouncer) pid=$BOUNCER_PID ;; gatehouse) pid=$GW_PID ;; esac
     for _ in $(seq 1 "$RUNS"); do
-        before=$(cpu_ticks "$GW_PID")
+        if [ -n "$pid" ]; then before_ticks=$(cpu_ticks "$pid"); before_switches=$(ctx_switches "$pid"); fi
         out=$(run_one "$@")
-        ticks=$(( ticks + $(cpu_ticks "$GW_PID") - before ))
+        if [ -n "$pid" ]; then
+            ticks=$(( ticks + $(cpu_ticks "$pid") - before_ticks ))
+            switches=$(( switches + $(ctx_switches "$pid") - before_switches ))
+        fi
         tx=$(( tx + $(awk -F': ' '/^number of transactions actually processed/ {print $2 + 0; exit}' <<<"$out") ))
         tps=$(awk '/^tps = / {print $3; exit}' <<<"$out")
         lat=$(awk '/^latency average = / {print $4; exit}' <<<"$out")
         if [ -z "$tps" ]; then echo "pgbench failed ($*):" >&2; echo "$out" >&2; exit 1; fi
         if awk -v a="$tps" -v b="$best_tps" 'BEGIN {exit !(a > b)}'; then best_tps=$tps; best_lat=$lat; fi
     done
-    # Gatehouse's CPU (user + system) per transaction over all the runs, while it carried them.
-    local cpu=-
-    [ "$3" = gatehouse ] && cpu=$(awk -v t="$ticks" -v n="$tx" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f", t / hz * 1e6 / n}')
-    echo "$best_tps $best_lat $cpu"
+    # The proxy's CPU (user + system) and context switches per transaction over all the runs,
+    # while it carried them.
+    local cpu=- per_tx=-
+    if [ -n "$pid" ]; then
+        cpu=$(awk -v t="$ticks" -v n="$tx" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f", t / hz * 1e6 / n}')
+        per_tx=$(awk -v s="$switches" -v n="$tx" 'BEGIN {printf "%.1f", s / n}')
+    fi
+    echo "$best_tps $best_lat $cpu $per_tx"
 }
 
-printf '\n%-9s %7s %-10s %12s %12s %16s\n' mode clients path tps latency_ms gateway_cpu_us
+printf '\n%-9s %7s %-10s %12s %12s %14s %16s\n' mode clients path tps latency_ms proxy_cpu_us proxy_switches
 results=()
 for mode in simple extended; do
     for c in $CLIENTS; do
         declare -A tps=() lat=()
         for target in direct pgbouncer gatehouse; do
-            read -r t l u < <(best_of "$mode" "$c" "$target")
+            read -r t l u w < <(best_of "$mode" "$c" "$target")
             tps[$target]=$t; lat[$target]=$l
-            printf '%-9s %7s %-10s %12.0f %12.3f %16s\n' "$mode" "$c" "$target" "$t" "$l" "$u"
+            printf '%-9s %7s %-10s %12.0f %12.3f %14s %16s\n' "$mode" "$c" "$target" "$t" "$l" "$u" "$w"
         done
         results+=("$(awk -v m="$mode" -v c="$c" -v gt="${tps[gatehouse]}" -v dt="${tps[direct]}" -v bt="${tps[pgbouncer]}" \
             -v gl="${lat[gatehouse]}" -v dl="${lat[direct]}" -v bl="${lat[pgbouncer]}" 'BEGIN {
