@@ -51,7 +51,7 @@ fn cap(text: &str) -> String {
 
 fn as_hex(value: &[u8]) -> String {
     let shown = &value[..value.len().min(PARAM_RECORD_LIMIT / 2)];
-    format!("\\x{}{}", hex::encode(shown), if value.len() > PARAM_RECORD_LIMIT / 2 { "…" } else { "" })
+    format!("\\x{}{}", hex::encode(shown), if shown.len() < value.len() { "…" } else { "" })
 }
 
 /// The text form of a binary-format value of a type decoded here; `None` for other types or a

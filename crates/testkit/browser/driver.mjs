@@ -127,7 +127,9 @@ const commands = {
       } catch (err) {
         const message = String(err?.message);
         const byErrorPage = message.includes('interrupted by another navigation to "chrome-error://');
-        const byReload = message.includes(`interrupted by another navigation to "${url}"`);
+        // Playwright names the address as the browser normalised it (a trailing slash added).
+        const normalised = URL.canParse(url) ? new URL(url).href : url;
+        const byReload = message.includes(`interrupted by another navigation to "${normalised}"`);
         if ((!byErrorPage && !byReload) || attempt === 3) throw err;
         if (byErrorPage) await page.waitForURL(/^chrome-error:/, { timeout: 5000 }).catch(() => {});
         else await page.waitForLoadState('load', { timeout: 5000 }).catch(() => {});
