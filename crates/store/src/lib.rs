@@ -71,11 +71,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Appends a batch of chained events and the session changes they describe, atomically: after
     /// it returns, the batch is committed to the store's log.
     async fn append_audit(&self, batch: AuditBatch) -> Result<()>;
-    /// [`append_audit`](Self::append_audit), free to block the calling thread instead of
-    /// moving the work elsewhere: only for a caller that has a thread of its own for it (the
-    /// audit writer), where a hand-off to another thread would only add latency.
-    async fn append_audit_inline(&self, batch: AuditBatch) -> Result<()> {
-        self.append_audit(batch).await
+    /// [`append_audit`](Self::append_audit) of a batch the caller keeps (to try again if it
+    /// fails), free to block the calling thread instead of moving the work elsewhere: only for a
+    /// caller that has a thread of its own for it (the audit journal's importer).
+    async fn append_audit_inline(&self, batch: &AuditBatch) -> Result<()> {
+        self.append_audit(batch.clone()).await
     }
     /// Files that hold committed events until they reach their final place (SQLite's WAL): forcing
     /// these to disk makes every committed batch durable. Empty when commits are durable already.

@@ -145,7 +145,7 @@ pub struct SessionRecord {
 }
 
 /// What a batch of audit events does to the sessions table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SessionChange {
     Open(SessionRecord),
     Request {

@@ -650,8 +650,8 @@ impl Store for SqliteStore {
         self.write(move |c| append_audit_tx(c, &batch)).await
     }
 
-    async fn append_audit_inline(&self, batch: AuditBatch) -> Result<()> {
-        append_audit_tx(&mut lock(&self.inner.writer), &batch)
+    async fn append_audit_inline(&self, batch: &AuditBatch) -> Result<()> {
+        append_audit_tx(&mut lock(&self.inner.writer), batch)
     }
 
     async fn last_event(&self) -> Result<Option<(i64, Vec<u8>)>> {

@@ -52,7 +52,7 @@ async fn sqlite_commits_leave_checkpoints_to_the_background_and_the_log_starts_o
                 payload: payload.clone(),
                 mac: vec![0; 32],
             };
-            store.append_audit_inline(AuditBatch { events: vec![e], sessions: vec![] }).await.unwrap();
+            store.append_audit_inline(&AuditBatch { events: vec![e], sessions: vec![] }).await.unwrap();
         }
     };
     // Well past the 1,000 pages at which SQLite's commits checkpoint by default: the commits did
