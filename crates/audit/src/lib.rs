@@ -1,18 +1,24 @@
 //! The audit trail. Every event (a session opening, a request and its decision, a management
 //! action) is chained to the one before it with an HMAC whose key lives outside the store, and
-//! written by one [`AuditWriter`] task that commits events in groups: the data path waits for a
-//! shared commit, never for a disk write of its own. After each commit the chain head (last
-//! sequence number and MAC) is written to a file outside the store, so [`verify`] detects
-//! edited, deleted, reordered and truncated events and names the first bad one.
+//! written by one [`AuditWriter`] that commits events in groups to an append-only journal: the
+//! data path waits for a shared append, never for a disk write or a database transaction of
+//! its own. A background importer moves the journaled events into the store in large
+//! transactions. After each commit the chain head (last sequence number and MAC) is written
+//! to a file outside the store, so [`verify`] (which reads the store, then the journal)
+//! detects edited, deleted, reordered and truncated events and names the first bad one.
 //! This crate decides nothing and masks nothing: it records what it is given.
 
 #![forbid(unsafe_code)]
 
 mod chain;
+mod import;
+mod journal;
 mod verify;
 mod writer;
 
 pub use chain::{ChainHead, HEAD_FILE, HeadFile, chain_mac, read_head};
+pub use import::replay_journal;
+pub use journal::{JOURNAL_DIR, JournalContents, journal_dir, read_journal};
 pub use verify::{VerifyReport, verify, verify_with_head};
 pub use writer::{AuditWriter, CommitObserver, Entry, FSYNC_INTERVAL, FsyncPolicy, WriterStats, session_record};
 

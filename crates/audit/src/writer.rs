@@ -10,6 +10,8 @@ use std::collections::VecDeque;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::{ChainHead, HeadFile, chain_mac};
+use crate::import::{Import, Progress};
+use crate::journal::{AppendError, Journal, journal_dir};
 use crate::{AuditError, now_ms};
 
 /// Most events committed in one batch.
@@ -18,12 +20,12 @@ const MAX_BATCH: usize = 4096;
 const QUEUE: usize = 65_536;
 
 /// How often committed events are also forced to disk. Either way, callers proceed once their
-/// events are committed to the store's log (they survive the gateway being killed); forcing to
-/// disk is what makes them survive an OS crash or a power cut.
+/// events are committed to the audit journal (they survive the gateway being killed); forcing
+/// to disk is what makes them survive an OS crash or a power cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
-    /// After each batch, the store's log and the chain head are forced to disk by a thread of
-    /// their own, at most once per interval: a batch is on disk within about one interval of
+    /// After each batch, the journal and the chain head are forced to disk by a thread of
+    /// their own, at most once per interval (and the store's log after each import): a batch is on disk within about one interval of
     /// its commit, and no caller waits for the disk. If forcing fails, the writer refuses new
     /// events (fail closed).
     Interval(std::time::Duration),
@@ -146,7 +148,7 @@ const LATER_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How long entries that nothing waits for wait before another try, after a failed commit.
 /// (Entries a request waits on are not retried: the request is refused instead.)
-const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Called after each batch with how many events it held, how long the commit took, and whether
 /// it succeeded.
@@ -164,10 +166,15 @@ pub struct WriterStats {
     pub syncs: AtomicU64,
     /// Times the store's log was checkpointed in the background.
     pub checkpoints: AtomicU64,
-    /// Why forcing them to disk failed, once it has: no event is recorded after that.
+    /// Events moved from the journal into the store.
+    pub imported_events: AtomicU64,
+    /// Why forcing them to disk failed (or the journal could not be repaired after a failed
+    /// write), once it has: no event is recorded after that.
     fsync_failure: std::sync::Mutex<Option<String>>,
     /// Why the last batch failed, until one succeeds again.
     failing: std::sync::Mutex<Option<String>>,
+    /// Why the store does not take the journaled events, until it does again.
+    import_failing: std::sync::Mutex<Option<String>>,
 }
 
 impl WriterStats {
@@ -176,22 +183,37 @@ impl WriterStats {
         self.fsync_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// Why the last batch could not be committed, while the store keeps failing (requests are
-    /// refused meanwhile); `None` once a batch is committed again.
+    /// Why events cannot be recorded, while that lasts (requests are refused meanwhile): the
+    /// last batch could not be journaled, or the store does not take the journaled events.
+    /// `None` once both work again.
     pub fn failing(&self) -> Option<String> {
-        self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        let journal = self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        journal.or_else(|| self.import_failing())
     }
 
     fn set_failing(&self, why: Option<String>) {
         *self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = why;
+    }
+
+    pub(crate) fn import_failing(&self) -> Option<String> {
+        self.import_failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn set_import_failing(&self, why: Option<String>) {
+        *self.import_failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = why;
+    }
+
+    fn set_fsync_failure(&self, why: String) {
+        *self.fsync_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
     }
 }
 
 /// The single writer of the audit trail. Cloning shares the same writer.
 ///
 /// Group commit without a writer thread: a caller that must wait for its events queues them
-/// and, if no commit is under way, commits everything queued itself, on its own thread (for
-/// SQLite, a write to the log; forcing to disk happens elsewhere). Callers arriving meanwhile
+/// and, if no commit is under way, commits everything queued itself, on its own thread (one
+/// append to the audit journal; forcing to disk and moving the events into the store happen
+/// elsewhere, see [`crate::journal`]). Callers arriving meanwhile
 /// queue theirs, and whoever is committing takes them next, so under load many requests share
 /// one commit, and with one caller nothing is handed to another thread. Entries nothing waits
 /// for ride with the next commit, or a background task commits them within [`LATER_WINDOW`].
@@ -207,6 +229,7 @@ struct Shared {
     /// Held by whoever is committing.
     chain: tokio::sync::Mutex<Task>,
     stats: Arc<WriterStats>,
+    progress: Arc<Progress>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -223,9 +246,11 @@ struct Pending {
 }
 
 impl AuditWriter {
-    /// Starts the writer. It continues the chain from the newer of the store's last event and
-    /// the chain head file (so events deleted from the store stay a detectable gap). The handle
-    /// finishes once every `AuditWriter` clone is dropped and what was queued is committed.
+    /// Starts the writer. First it moves into the store what the journal beside `head_path`
+    /// still holds (see [`crate::replay_journal`]); then it continues the chain from the newer
+    /// of the store's last event and the chain head file (so events deleted from the store stay
+    /// a detectable gap). The handle finishes once every `AuditWriter` clone is dropped and
+    /// what was queued is committed and moved into the store.
     pub async fn start(
         store: Arc<dyn Store>,
         keys: Arc<Keys>,
@@ -243,7 +268,10 @@ impl AuditWriter {
         fsync: FsyncPolicy,
         observer: Option<CommitObserver>,
     ) -> Result<(AuditWriter, tokio::task::JoinHandle<()>), AuditError> {
+        let journal_dir = journal_dir(&head_path);
+        crate::replay_journal(store.as_ref(), &journal_dir).await?;
         let last = store.last_event().await.map_err(|e| AuditError::Unavailable(e.to_string()))?;
+        let stored = last.as_ref().map_or(0, |(seq, _)| *seq);
         let head = crate::read_head(&head_path).unwrap_or_else(|e| {
             tracing::error!(error = %e, "the audit chain head is unreadable; continuing from the store (verify reports it)");
             None
@@ -263,21 +291,50 @@ impl AuditWriter {
         let stats = Arc::new(WriterStats::default());
         let head_file = HeadFile::open(&head_path)
             .map_err(|e| AuditError::Unavailable(format!("cannot open the chain head {}: {e}", head_path.display())))?;
+        let journal = Journal::create(&journal_dir, seq + 1).map_err(|e| {
+            AuditError::Unavailable(format!("cannot open the audit journal in {}: {e}", journal_dir.display()))
+        })?;
+        let journal_path = Arc::new(std::sync::Mutex::new(journal.path().to_path_buf()));
         let (sync, every) = match fsync {
             FsyncPolicy::Interval(every) => {
                 let head = head_file
                     .try_clone_file()
                     .map_err(|e| AuditError::Unavailable(format!("cannot open the chain head: {e}")))?;
-                (Some((store.log_files(), head)), every)
+                (Some((journal_path.clone(), head)), every)
             }
             FsyncPolicy::Off => (None, FSYNC_INTERVAL),
         };
         let syncer = Syncer::start(store.clone(), sync, every, stats.clone())?;
-        let task = Task { store, keys, head_file, syncer, seq, prev, stats: stats.clone(), observer, failed: false };
+        // Events the store holds count as imported; so do those of a gap after them (the chain
+        // continues after the head), which no import will fill.
+        let progress = Arc::new(Progress::new(stored.max(seq)));
+        let (import_tx, import_rx) = std::sync::mpsc::channel();
+        let importer = crate::import::start(
+            store,
+            import_rx,
+            progress.clone(),
+            stats.clone(),
+            matches!(fsync, FsyncPolicy::Interval(_)),
+        )?;
+        let task = Task {
+            keys,
+            head_file,
+            journal,
+            journal_path,
+            import: Some(import_tx),
+            progress: progress.clone(),
+            syncer,
+            seq,
+            prev,
+            stats: stats.clone(),
+            observer,
+            failed: false,
+        };
         let shared = Arc::new(Shared {
             queue: std::sync::Mutex::new(Pending::default()),
             chain: tokio::sync::Mutex::new(task),
             stats,
+            progress,
         });
         let (later, mut wake) = mpsc::channel::<()>(1);
         let flusher = shared.clone();
@@ -300,8 +357,25 @@ impl AuditWriter {
                 let ok = flusher.commit_queued(false).await;
                 retrying = !ok && !flusher.queue().jobs.is_empty();
             }
-            // Every writer is gone: commit what is left.
+            // Every writer is gone: commit what is left, and wait for it to be in the store.
             flusher.commit_queued(false).await;
+            let journal = {
+                let mut task = flusher.chain.lock().await;
+                task.import = None;
+                task.journal.path().to_path_buf()
+            };
+            flusher.progress.stopping.store(true, Ordering::Release);
+            if !matches!(tokio::task::spawn_blocking(move || importer.join()).await, Ok(Ok(()))) {
+                tracing::error!("the audit importer stopped abnormally; the journal keeps what it did not import");
+            }
+            // Everything journaled is in the store: the journal has nothing left to keep.
+            let progress = &flusher.progress;
+            if progress.imported.load(Ordering::Acquire) >= progress.journaled.load(Ordering::Acquire)
+                && let Err(e) = std::fs::remove_file(&journal)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(file = %journal.display(), error = %e, "the imported audit journal could not be deleted");
+            }
         });
         Ok((AuditWriter { shared, later }, handle))
     }
@@ -362,6 +436,12 @@ impl AuditWriter {
 
     pub fn stats(&self) -> &WriterStats {
         &self.shared.stats
+    }
+
+    /// Waits (at most `limit`) until every event recorded before the call is in the store, so
+    /// that a reader of the store sees them. Returns whether they all are.
+    pub async fn settled(&self, limit: std::time::Duration) -> bool {
+        self.shared.progress.settled(limit).await
     }
 }
 
@@ -449,9 +529,14 @@ impl Shared {
 
 /// Commits one batch at a time; held by whoever is committing.
 struct Task {
-    store: Arc<dyn Store>,
     keys: Arc<Keys>,
     head_file: HeadFile,
+    journal: Journal,
+    /// The journal file being appended to, for the thread that forces it to disk.
+    journal_path: Arc<std::sync::Mutex<PathBuf>>,
+    /// Hands journaled batches to the importer; `None` once the writer stops.
+    import: Option<std::sync::mpsc::Sender<Import>>,
+    progress: Arc<Progress>,
     syncer: Syncer,
     seq: i64,
     prev: Vec<u8>,
@@ -462,9 +547,10 @@ struct Task {
 }
 
 impl Task {
-    /// Commits one batch and answers its jobs. If it fails, the jobs someone waits on get the
-    /// error and the others (results of requests already forwarded, session ends) are returned
-    /// to be tried again: they record what happened, so they must not be lost.
+    /// Commits one batch to the journal, hands it to the importer, and answers its jobs. If it
+    /// fails, the jobs someone waits on get the error and the others (results of requests
+    /// already forwarded, session ends) are returned to be tried again: they record what
+    /// happened, so they must not be lost.
     async fn commit(&mut self, jobs: Vec<Job>) -> Vec<Job> {
         let started = Instant::now();
         if let Some(e) = self.syncer.failure() {
@@ -505,29 +591,36 @@ impl Task {
         }
         let n = batch.events.len() as u64;
         let last = seq;
-        let result = match self.store.append_audit_inline(batch).await {
-            Ok(()) => {
-                self.seq = seq;
-                self.prev = prev;
-                let head = ChainHead { seq, mac: hex::encode(&self.prev) };
-                let written = self
-                    .head_file
-                    .write(&head)
-                    .map_err(|e| AuditError::Unavailable(format!("cannot write the chain head: {e}")));
-                self.syncer.committed();
-                written
-            }
-            Err(e) => {
-                // Resynchronise with what the store really holds before the next batch.
-                if let Ok(Some((s, m))) = self.store.last_event().await
-                    && s >= self.seq
-                {
-                    self.seq = s;
-                    self.prev = m;
+        let refusal = self.progress.refusal(&self.stats);
+        let refused = refusal.is_some();
+        let appended = match refusal {
+            Some(why) => Err(AuditError::Unavailable(why)),
+            None => self.journal.append(&batch).map_err(|e| match e {
+                AppendError::Failed(e) => AuditError::Unavailable(format!("cannot write the audit journal: {e}")),
+                AppendError::Broken(e) => {
+                    let why = format!("the audit journal could not be repaired after a failed write: {e}");
+                    tracing::error!(error = %why, "no event is recorded any more; restart the gateway once the disk is fixed");
+                    self.stats.set_fsync_failure(why.clone());
+                    AuditError::Unavailable(why)
                 }
-                Err(AuditError::Unavailable(e.to_string()))
-            }
+            }),
         };
+        let result = appended.and_then(|()| {
+            self.seq = seq;
+            self.prev = prev;
+            self.progress.journaled.store(seq, Ordering::Release);
+            if let Some(import) = &self.import {
+                let _ = import.send(Import::Batch(batch));
+            }
+            self.rotate_journal();
+            let head = ChainHead { seq, mac: hex::encode(&self.prev) };
+            let written = self
+                .head_file
+                .write(&head)
+                .map_err(|e| AuditError::Unavailable(format!("cannot write the chain head: {e}")));
+            self.syncer.committed();
+            written
+        });
         match &result {
             Ok(()) => {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -536,6 +629,11 @@ impl Task {
                     tracing::info!("the audit trail is written again; requests are served");
                     self.stats.set_failing(None);
                 }
+            }
+            // Refused while the store cannot take events: the importer reports that, and clears
+            // it once the store takes them again.
+            Err(_) if refused => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -550,7 +648,7 @@ impl Task {
             observe(usize::try_from(n).unwrap_or(usize::MAX), elapsed, result.is_ok());
         }
         self.failed = result.is_err();
-        // Not in the store (the batch's last event is not there): worth another try.
+        // Not journaled (the batch's last event is not there): worth another try.
         let unstored = result.is_err() && self.seq < last;
         let mut retry = Vec::new();
         for (job, mine) in jobs.into_iter().zip(seqs) {
@@ -563,11 +661,28 @@ impl Task {
         }
         retry
     }
+
+    /// Starts a new journal file once the current one is full; the importer deletes the full
+    /// one once its events are in the store.
+    fn rotate_journal(&mut self) {
+        match self.journal.rotate_if_full(self.seq + 1) {
+            Ok(None) => {}
+            Ok(Some(full)) => {
+                *self.journal_path.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    self.journal.path().to_path_buf();
+                if let Some(import) = &self.import {
+                    let _ = import.send(Import::Retire(full.0, full.1));
+                }
+            }
+            // Not fatal: the current file takes the next batches too.
+            Err(e) => tracing::warn!(error = %e, "a new audit journal file could not be started; the current one grows on"),
+        }
+    }
 }
 
-/// Forces the store's log files (a file that does not exist yet holds nothing) and then the
-/// chain head to disk.
-fn force_to_disk(files: &[PathBuf], head: &std::fs::File) -> std::io::Result<()> {
+/// Forces `files` (a file that does not exist yet holds nothing) and then the chain head, if
+/// given, to disk.
+pub(crate) fn force_to_disk(files: &[PathBuf], head: Option<&std::fs::File>) -> std::io::Result<()> {
     files
         .iter()
         .try_for_each(|f| match std::fs::File::open(f) {
@@ -575,14 +690,14 @@ fn force_to_disk(files: &[PathBuf], head: &std::fs::File) -> std::io::Result<()>
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         })
-        .and_then(|()| head.sync_data())
+        .and_then(|()| head.map_or(Ok(()), std::fs::File::sync_data))
 }
 
 /// How often the store's log is checkpointed (moved to its final place) while commits go on.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The writer's background thread, so that no caller waits for the disk: after commits, it
-/// forces the store's log and the chain head to disk (with [`FsyncPolicy::Interval`]) at most
+/// forces the journal and the chain head to disk (with [`FsyncPolicy::Interval`]) at most
 /// once per interval, and checkpoints the store's log at most once per [`CHECKPOINT_EVERY`].
 struct Syncer {
     tx: std::sync::mpsc::SyncSender<()>,
@@ -590,10 +705,11 @@ struct Syncer {
 }
 
 impl Syncer {
-    /// `sync`: the files to force to disk (the store's log files and the chain head), if any.
+    /// `sync`: the files to force to disk (the journal file being appended to, and the chain
+    /// head), if any.
     fn start(
         store: Arc<dyn Store>,
-        sync: Option<(Vec<PathBuf>, std::fs::File)>,
+        sync: Option<(Arc<std::sync::Mutex<PathBuf>>, std::fs::File)>,
         every: std::time::Duration,
         stats: Arc<WriterStats>,
     ) -> Result<Syncer, AuditError> {
@@ -613,15 +729,18 @@ impl Syncer {
                     // Signals that arrived meanwhile are covered by this sync.
                     while rx.try_recv().is_ok() {}
                     last = Some(Instant::now());
-                    match sync.as_ref().map(|(files, head)| force_to_disk(files, head)) {
+                    let forced = sync.as_ref().map(|(journal, head)| {
+                        let journal = journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                        force_to_disk(&[journal], Some(head))
+                    });
+                    match forced {
                         None => {}
                         Some(Ok(())) => {
                             stats.syncs.fetch_add(1, Ordering::Relaxed);
                         }
                         Some(Err(e)) => {
                             tracing::error!(error = %e, "the audit trail could not be forced to disk; new requests are refused");
-                            *stats.fsync_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                                Some(e.to_string());
+                            stats.set_fsync_failure(e.to_string());
                             break;
                         }
                     }
@@ -673,11 +792,11 @@ mod tests {
         std::fs::write(&log, b"x").unwrap();
         let head = std::fs::File::create(dir.path().join("head")).unwrap();
         let stats = Arc::new(WriterStats::default());
-        // A log file that does not exist yet is nothing to force.
-        let files = vec![log, dir.path().join("not-yet")];
+        assert!(force_to_disk(&[log.clone(), dir.path().join("not-yet")], None).is_ok(), "a file not there yet holds nothing");
+        let journal = Arc::new(std::sync::Mutex::new(log));
         let store: Arc<dyn Store> =
             Arc::new(gatehouse_store::SqliteStore::open(&dir.path().join("g.db"), false).unwrap());
-        let sync = Some((files, head.try_clone().unwrap()));
+        let sync = Some((journal, head.try_clone().unwrap()));
         let syncer = Syncer::start(store.clone(), sync, FSYNC_INTERVAL, stats.clone()).unwrap();
         assert_eq!(stats.syncs.load(Ordering::Relaxed), 0, "nothing committed, nothing forced");
         syncer.committed();
@@ -689,8 +808,8 @@ mod tests {
         assert!(wait_for(|| stats.syncs.load(Ordering::Relaxed) >= 2));
         assert!(stats.syncs.load(Ordering::Relaxed) <= 3, "{}", stats.syncs.load(Ordering::Relaxed));
         assert_eq!(syncer.failure(), None);
-        // A log that cannot be opened (its parent is a file): the failure is kept for the writer.
-        let broken = vec![dir.path().join("head").join("wal")];
+        // A journal that cannot be opened (its parent is a file): the failure is kept for the writer.
+        let broken = Arc::new(std::sync::Mutex::new(dir.path().join("head").join("journal")));
         let stats = Arc::new(WriterStats::default());
         let syncer = Syncer::start(store, Some((broken, head)), FSYNC_INTERVAL, stats.clone()).unwrap();
         syncer.committed();

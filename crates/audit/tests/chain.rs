@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use gatehouse_audit::{AuditWriter, Entry, FsyncPolicy, HEAD_FILE, verify};
 use gatehouse_keys::Keys;
-use gatehouse_store::SqliteStore;
+use gatehouse_store::{SqliteStore, Store};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -147,32 +147,38 @@ async fn store_failure_is_reported_to_the_caller() {
         AuditWriter::start(f.store.clone(), f.keys.clone(), f.dir.path().join(HEAD_FILE), FsyncPolicy::Off)
             .await
             .unwrap();
-    // Make the table refuse inserts: the writer must return an error, not pretend.
+    // Make the table refuse inserts. The journal takes the next event (its caller is answered),
+    // but once the store has refused it, callers get the store's error, not a pretence.
     f.sql("CREATE TRIGGER refuse BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk says no'); END;");
-    let err = writer
-        .record_one(Entry {
-            session_id: None,
-            kind: "management".into(),
-            payload: serde_json::json!({}),
-            session_change: None,
-        })
-        .await
-        .unwrap_err();
+    assert_eq!(writer.record_one(management(1)).await.unwrap(), 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let err = loop {
+        match writer.record_one(management(2)).await {
+            Err(e) => break e,
+            Ok(_) => assert!(std::time::Instant::now() < deadline, "the store's refusal never reached a caller"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert!(err.to_string().contains("disk says no"), "{err}");
+    assert!(writer.stats().failing().is_some_and(|e| e.contains("disk says no")));
+    let accepted = f.store.last_event().await.unwrap().unwrap().0;
     f.sql("DROP TRIGGER refuse;");
-    let seq = writer
-        .record_one(Entry {
-            session_id: None,
-            kind: "management".into(),
-            payload: serde_json::json!({}),
-            session_change: None,
-        })
-        .await
-        .unwrap();
-    assert_eq!(seq, 2, "service resumes with the next number once the store recovers");
+    // The importer tries again; once the store takes the journaled events, recording resumes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let seq = loop {
+        match writer.record_one(management(3)).await {
+            Ok(seq) => break seq,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "recording never resumed: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(accepted, 1, "the store took nothing while it refused");
+    assert!(seq > 2, "service resumes with the next number once the store recovers: {seq}");
+    assert_eq!(writer.stats().failing(), None);
     drop(writer);
     handle.await.unwrap();
-    assert!(f.verify().await.ok);
+    let report = f.verify().await;
+    assert_eq!(report.line(), format!("ok: {seq} events"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,4 +265,76 @@ async fn concurrent_callers_waiting_or_not_all_get_committed_once_in_one_chain()
     waited.sort();
     waited.dedup();
     assert_eq!(waited.len(), 8 * 133);
+}
+
+/// Holds the store's write lock from another connection (as an operator's `sqlite3` would)
+/// until dropped: the importer cannot move journaled events into the store meanwhile.
+struct StoreLock(rusqlite::Connection);
+
+impl StoreLock {
+    fn hold(dir: &std::path::Path) -> StoreLock {
+        let conn = rusqlite::Connection::open(dir.join("gatehouse.db")).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        StoreLock(conn)
+    }
+}
+
+fn management(n: usize) -> Entry {
+    Entry { session_id: None, kind: "management".into(), payload: serde_json::json!({"n": n}), session_change: None }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journaled_events_are_verified_before_they_reach_the_store_and_replayed_after_a_crash() {
+    let f = fixture_with(5).await;
+    let head = f.dir.path().join(HEAD_FILE);
+    let (writer, handle) =
+        AuditWriter::start(f.store.clone(), f.keys.clone(), head.clone(), FsyncPolicy::Off).await.unwrap();
+    let lock = StoreLock::hold(f.dir.path());
+    // Recorded (journaled) although the store is locked: the callers are answered at once.
+    for n in 0..3 {
+        writer.record_one(management(n)).await.unwrap();
+    }
+    assert_eq!(f.store.last_event().await.unwrap().unwrap().0, 5, "the store has not taken them yet");
+    let report = f.verify().await;
+    assert!(report.ok, "{}", report.line());
+    assert_eq!(report.line(), "ok: 8 events (3 of them in the journal, not yet in the store)");
+    assert!(!writer.settled(std::time::Duration::from_millis(50)).await, "the importer waits for the lock");
+
+    // A gateway killed now: its data directory as it is, with the events only in the journal.
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(f.dir.path(), crashed.path());
+    drop(lock);
+    assert!(writer.settled(std::time::Duration::from_secs(10)).await, "imported once the lock is gone");
+    assert_eq!(f.store.last_event().await.unwrap().unwrap().0, 8);
+    assert_eq!(f.verify().await.line(), "ok: 8 events");
+    drop(writer);
+    handle.await.unwrap();
+    let journal = gatehouse_audit::journal_dir(&head);
+    assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 0, "a clean stop leaves no journal");
+
+    // The crashed copy: verify reads the journal; a start moves it into the store first.
+    let store = Arc::new(SqliteStore::open(&crashed.path().join("gatehouse.db"), false).unwrap());
+    let crashed_head = crashed.path().join(HEAD_FILE);
+    let report = verify(store.as_ref(), &f.keys, &crashed_head).await.unwrap();
+    assert_eq!(report.line(), "ok: 8 events (3 of them in the journal, not yet in the store)");
+    let (writer, handle) =
+        AuditWriter::start(store.clone(), f.keys.clone(), crashed_head.clone(), FsyncPolicy::Off).await.unwrap();
+    assert_eq!(store.last_event().await.unwrap().unwrap().0, 8, "replayed before the writer starts");
+    assert_eq!(writer.record_one(management(9)).await.unwrap(), 9, "the chain goes on after the replayed events");
+    drop(writer);
+    handle.await.unwrap();
+    let report = verify(store.as_ref(), &f.keys, &crashed_head).await.unwrap();
+    assert_eq!(report.line(), "ok: 9 events");
 }
