@@ -15,6 +15,9 @@ use tokio::sync::RwLock;
 
 use crate::api::ApiError;
 
+/// How long a reader of sessions and events waits for the newest events to reach the store.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Everything a request handler needs.
 #[derive(Debug)]
 pub struct App {
@@ -115,6 +118,15 @@ impl App {
 
     pub fn head_path(&self) -> PathBuf {
         self.data_dir.join(gatehouse_audit::HEAD_FILE)
+    }
+
+    /// Waits until what was recorded so far has moved from the audit journal into the store
+    /// (milliseconds, unless the store fails), so that a reader of sessions and events sees
+    /// everything recorded before it asked.
+    pub async fn settled(&self) {
+        if !self.audit.settled(SETTLE_LIMIT).await {
+            tracing::warn!("the audit store is behind the journal; an answer may lack the newest events");
+        }
     }
 
     /// A connection by name, or 404.

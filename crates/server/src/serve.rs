@@ -135,6 +135,8 @@ pub async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let (store, keys) = open(&loaded).await?;
     let data_dir = loaded.config.data_dir.clone();
     let fsync = if loaded.fsync_each_batch { FsyncPolicy::Interval(FSYNC_INTERVAL) } else { FsyncPolicy::Off };
+    // What a stopped gateway left in the audit journal goes into the store first.
+    gatehouse_audit::replay_journal(store.as_ref(), &gatehouse_audit::journal_dir(&data_dir.join(HEAD_FILE))).await?;
     // The chain head as it was before this run writes a new one, for the start-up check.
     let head_at_start = gatehouse_audit::read_head(&data_dir.join(HEAD_FILE));
     let last_at_start = store.last_event().await?.map(|(seq, _)| seq).unwrap_or(0);

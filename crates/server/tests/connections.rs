@@ -111,18 +111,29 @@ fn credentials_are_write_only_everywhere() {
         assert!(!responses.contains(secret), "a credential came back in an API response");
         assert!(!gw.log().contains(secret), "a credential reached the log");
     }
-    // Nothing in the data directory holds it in clear, while running (WAL) or after a drain.
-    let scan = |gw: &Gateway| {
-        for entry in std::fs::read_dir(gw.data_dir()).unwrap() {
-            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-            for secret in [PASSWORD, NARROW] {
-                assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "credential in clear on disk");
+    // Nothing in the data directory holds it in clear, while running (WAL, audit journal) or
+    // after a drain.
+    fn scan(dir: &std::path::Path) -> usize {
+        let mut files = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files += scan(&path);
+                continue;
             }
+            let bytes = std::fs::read(&path).unwrap();
+            for secret in [PASSWORD, NARROW] {
+                assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "credential in clear in {path:?}");
+            }
+            files += 1;
         }
-    };
-    scan(&gw);
+        files
+    }
+    let journal = gw.data_dir().join(gatehouse_audit::JOURNAL_DIR);
+    assert!(scan(&journal) > 0, "the audit journal was scanned while the gateway runs");
+    scan(&gw.data_dir());
     gw.terminate().unwrap();
-    scan(&gw);
+    scan(&gw.data_dir());
 }
 
 #[test]

@@ -1,9 +1,11 @@
-//! Fail closed when the store cannot be written, and resume by itself when it can again. Two
+//! Fail closed when events cannot be recorded, and resume by itself when they can again. Two
 //! real faults: another process holding the store's write lock (an operator's `sqlite3`, a
 //! backup tool), and a file-size limit on the gateway (`prlimit`, as a full disk or a quota
-//! would). Meanwhile new statements and sessions are refused with a clear error, nothing is
-//! forwarded unrecorded, `/readyz` says why; afterwards the same session goes on, the results
-//! recorded late are there, and the audit chain verifies.
+//! would). Statements are recorded in the audit journal first: a locked store stops requests
+//! only once it has refused the journaled events (after its 5 s wait for the lock), while a
+//! file that cannot grow stops them at once. Meanwhile new statements and sessions are refused
+//! with a clear error, nothing is forwarded unrecorded, `/readyz` says why; afterwards the same
+//! session goes on, the results recorded late are there, and the audit chain verifies.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -135,15 +137,23 @@ fn verified(f: &Fixture) {
 
 #[test]
 fn a_locked_store_refuses_requests_until_it_is_released() {
-    // The store waits up to 5 s for its lock before it gives up; the sign-in deadline is longer,
-    // so the caller hears why rather than a timeout.
-    let f = Fixture::with_env(&[("GATEHOUSE_POSTGRES_AUTH_TIMEOUT", "10s")]);
+    let f = Fixture::new();
     rt().block_on(async {
         let open = client(&f.url(&f.token)).await;
         assert!(open.simple_query("SELECT 'before'").await.is_ok());
         // A session that ends while the store fails: its end is recorded once it can be.
         let ending = client(&f.url(&f.token)).await;
         let lock = Locker::hold(&f.gw);
+        // The journal takes the statement: it runs, recorded, while the store waits for its lock.
+        let journaled = "INSERT INTO orders (id, item) VALUES (99, 'journaled while the store is locked')";
+        open.simple_query(journaled).await.unwrap();
+        assert_eq!(f.direct("SELECT item FROM orders WHERE id = 99").trim(), "journaled while the store is locked");
+        // The store gives up on its lock after 5 s; from then on, nothing more is recorded.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while readyz(&f.gw).status != 503 {
+            assert!(Instant::now() < deadline, "the gateway never noticed the locked store: {}", readyz(&f.gw).body);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         refused_during_fault(&f, &open, 100).await;
         drop(ending);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -151,6 +161,11 @@ fn a_locked_store_refuses_requests_until_it_is_released() {
         resumed_after_fault(&f, &open, 101).await;
     });
     verified(&f);
+    let events = session_events(&f.gw, "app");
+    assert!(
+        events.iter().any(|e| e["data"]["request"].as_str().is_some_and(|r| r.contains("journaled while the store"))),
+        "the statement journaled during the fault is in the trail"
+    );
 }
 
 /// An HTTP request through the gateway's HTTP listener to connection `self` (the gateway's own

@@ -20,6 +20,7 @@ pub struct VerifyView {
     responses((status = 200, description = "the chain was checked; `ok` says how it went", body = VerifyView), (status = 403, body = ErrorBody)))]
 pub async fn verify(State(app): State<AppState>, Caller(caller): Caller) -> Result<Json<VerifyView>, ApiError> {
     app.authorize(&caller, Area::Audit, false)?;
+    app.settled().await;
     let report = gatehouse_audit::verify(app.store.as_ref(), &app.keys, &app.head_path())
         .await
         .map_err(ApiError::Unavailable)?;

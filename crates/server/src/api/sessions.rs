@@ -154,6 +154,7 @@ pub async fn list(
     Params(params): Params<ListParams>,
 ) -> Result<Json<Vec<SessionView>>, ApiError> {
     app.authorize(&caller, Area::Sessions, false)?;
+    app.settled().await;
     let filter = params.filter(&app).await?;
     Ok(Json(app.store.list_sessions(filter).await?.iter().map(SessionView::of).collect()))
 }
@@ -167,6 +168,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<SessionDetail>, ApiError> {
     app.authorize(&caller, Area::Sessions, false)?;
+    app.settled().await;
     let session =
         app.store.get_session(&id).await?.ok_or_else(|| ApiError::NotFound(format!("session {id:?} not found")))?;
     let events = app

@@ -24,6 +24,7 @@ async fn render(app: &AppState, viewer: &Viewer, q: &AuditQuery) -> Response {
     if let Err(e) = app.authorize(&viewer.identity, Area::Audit, false) {
         return failed(viewer, &e);
     }
+    app.settled().await;
     let mut filter = SessionFilter { protocol: Some("api".into()), limit: PAGE + 1, ..Default::default() };
     if !q.after.is_empty() {
         match app.store.get_session(&q.after).await {
