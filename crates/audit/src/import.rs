@@ -152,7 +152,10 @@ fn run(
         // the last file then). Until then, the journal is what survives an OS crash.
         let last = batch.events.last().map(|e| e.seq);
         let deleting = !open || last.is_some_and(|last| retired.iter().any(|(_, upto)| *upto <= last));
-        if force && deleting && let Err(e) = force_to_disk(&store.log_files(), None) {
+        if force
+            && deleting
+            && let Err(e) = force_to_disk(&store.log_files(), None)
+        {
             // The journal still holds these events, and keeps them until a later import is
             // forced to disk.
             tracing::warn!(error = %e, "the audit store's log could not be forced to disk; the journal is kept");

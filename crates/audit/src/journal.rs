@@ -92,9 +92,9 @@ impl Journal {
             }
             Err(e) => match self.file.set_len(self.len) {
                 Ok(()) => Err(AppendError::Failed(e)),
-                Err(cut) => Err(AppendError::Broken(format!(
-                    "{e}; the partial record could not be removed either: {cut}"
-                ))),
+                Err(cut) => {
+                    Err(AppendError::Broken(format!("{e}; the partial record could not be removed either: {cut}")))
+                }
             },
         }
     }

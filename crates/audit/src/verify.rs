@@ -31,7 +31,10 @@ impl VerifyReport {
             (Some(seq), Some(p)) => format!("bad: event {seq}: {p}"),
             (None, Some(p)) => format!("bad: {p}"),
             _ if self.journal_only > 0 => {
-                format!("ok: {} events ({} of them in the journal, not yet in the store)", self.events, self.journal_only)
+                format!(
+                    "ok: {} events ({} of them in the journal, not yet in the store)",
+                    self.events, self.journal_only
+                )
             }
             _ => format!("ok: {} events", self.events),
         }

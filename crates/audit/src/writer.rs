@@ -675,7 +675,9 @@ impl Task {
                 }
             }
             // Not fatal: the current file takes the next batches too.
-            Err(e) => tracing::warn!(error = %e, "a new audit journal file could not be started; the current one grows on"),
+            Err(e) => {
+                tracing::warn!(error = %e, "a new audit journal file could not be started; the current one grows on")
+            }
         }
     }
 }
@@ -792,7 +794,10 @@ mod tests {
         std::fs::write(&log, b"x").unwrap();
         let head = std::fs::File::create(dir.path().join("head")).unwrap();
         let stats = Arc::new(WriterStats::default());
-        assert!(force_to_disk(&[log.clone(), dir.path().join("not-yet")], None).is_ok(), "a file not there yet holds nothing");
+        assert!(
+            force_to_disk(&[log.clone(), dir.path().join("not-yet")], None).is_ok(),
+            "a file not there yet holds nothing"
+        );
         let journal = Arc::new(std::sync::Mutex::new(log));
         let store: Arc<dyn Store> =
             Arc::new(gatehouse_store::SqliteStore::open(&dir.path().join("g.db"), false).unwrap());

@@ -123,7 +123,10 @@ fn credentials_are_write_only_everywhere() {
             }
             let bytes = std::fs::read(&path).unwrap();
             for secret in [PASSWORD, NARROW] {
-                assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "credential in clear in {path:?}");
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "credential in clear in {path:?}"
+                );
             }
             files += 1;
         }
