@@ -269,13 +269,15 @@ async fn concurrent_callers_waiting_or_not_all_get_committed_once_in_one_chain()
 
 /// Holds the store's write lock from another connection (as an operator's `sqlite3` would)
 /// until dropped: the importer cannot move journaled events into the store meanwhile.
-struct StoreLock(rusqlite::Connection);
+struct StoreLock {
+    _held: rusqlite::Connection,
+}
 
 impl StoreLock {
     fn hold(dir: &std::path::Path) -> StoreLock {
         let conn = rusqlite::Connection::open(dir.join("gatehouse.db")).unwrap();
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-        StoreLock(conn)
+        StoreLock { _held: conn }
     }
 }
 
