@@ -321,53 +321,61 @@ fn append_audit_tx(c: &mut Connection, batch: &AuditBatch) -> Result<()> {
         for e in &batch.events {
             ins.execute(params![e.seq, e.ts, e.session_id, e.kind, e.payload, e.mac]).map_err(db_err)?;
         }
+        // A session's counters only add up, so each session's are summed over the batch and
+        // written once (after the sessions it opens, before those it closes): an import of
+        // thousands of events updates each session's row once, not once per event.
+        let mut counted: std::collections::HashMap<&str, [i64; 4]> = std::collections::HashMap::new();
         for change in &batch.sessions {
-            match change {
-                SessionChange::Open(s) => {
-                    tx.prepare_cached(&format!(
-                        "INSERT INTO sessions ({SESSION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-                    ))
-                    .map_err(db_err)?
-                    .execute(params![
-                        s.id,
-                        s.identity,
-                        kind_to_str(s.identity_kind),
-                        s.connection,
-                        s.protocol,
-                        s.client_addr,
-                        s.started_at,
-                        s.ended_at,
-                        s.end_reason,
-                        s.requests,
-                        s.denied,
-                        s.reviewed,
-                        s.masked
-                    ])
-                    .map_err(db_err)?;
-                }
+            let (id, add) = match change {
                 SessionChange::Request { id, denied, reviewed } => {
-                    tx.prepare_cached(
-                        "UPDATE sessions SET requests = requests + 1, denied = denied + ?2, reviewed = reviewed + ?3 \
-                         WHERE id = ?1",
-                    )
-                    .map_err(db_err)?
-                    .execute(params![id, i64::from(*denied), i64::from(*reviewed)])
-                    .map_err(db_err)?;
+                    (id, [1, i64::from(*denied), i64::from(*reviewed), 0])
                 }
-                SessionChange::Masked { id, values } => {
-                    tx.prepare_cached("UPDATE sessions SET masked = masked + ?2 WHERE id = ?1")
-                        .map_err(db_err)?
-                        .execute(params![id, values])
-                        .map_err(db_err)?;
-                }
-                SessionChange::Close { id, ended_at, reason } => {
-                    tx.prepare_cached(
-                        "UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1 AND ended_at IS NULL",
-                    )
-                    .map_err(db_err)?
-                    .execute(params![id, ended_at, reason])
-                    .map_err(db_err)?;
-                }
+                SessionChange::Masked { id, values } => (id, [0, 0, 0, *values]),
+                SessionChange::Open(_) | SessionChange::Close { .. } => continue,
+            };
+            let sums = counted.entry(id.as_str()).or_default();
+            sums.iter_mut().zip(add).for_each(|(sum, n)| *sum += n);
+        }
+        let opened = batch.sessions.iter().filter_map(|c| if let SessionChange::Open(s) = c { Some(s) } else { None });
+        for s in opened {
+            tx.prepare_cached(&format!(
+                "INSERT INTO sessions ({SESSION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            ))
+            .map_err(db_err)?
+            .execute(params![
+                s.id,
+                s.identity,
+                kind_to_str(s.identity_kind),
+                s.connection,
+                s.protocol,
+                s.client_addr,
+                s.started_at,
+                s.ended_at,
+                s.end_reason,
+                s.requests,
+                s.denied,
+                s.reviewed,
+                s.masked
+            ])
+            .map_err(db_err)?;
+        }
+        for (id, [requests, denied, reviewed, masked]) in counted {
+            tx.prepare_cached(
+                "UPDATE sessions SET requests = requests + ?2, denied = denied + ?3, reviewed = reviewed + ?4, \
+                 masked = masked + ?5 WHERE id = ?1",
+            )
+            .map_err(db_err)?
+            .execute(params![id, requests, denied, reviewed, masked])
+            .map_err(db_err)?;
+        }
+        for change in &batch.sessions {
+            if let SessionChange::Close { id, ended_at, reason } = change {
+                tx.prepare_cached(
+                    "UPDATE sessions SET ended_at = ?2, end_reason = ?3 WHERE id = ?1 AND ended_at IS NULL",
+                )
+                .map_err(db_err)?
+                .execute(params![id, ended_at, reason])
+                .map_err(db_err)?;
             }
         }
     }
