@@ -1,6 +1,6 @@
-//! Moves journaled batches into the store, off the data path: a thread of its own wakes every
-//! [`IMPORT_EVERY`], takes every batch journaled meanwhile and commits them to the store in one
-//! transaction. Journal files whose every event is in the store are deleted, after the store's
+//! Moves journaled batches into the store, off the data path: a thread of its own wakes when a
+//! batch is journaled, waits [`IMPORT_EVERY`] for more, and commits all of them to the store in
+//! one transaction. Journal files whose every event is in the store are deleted, after the store's
 //! log is forced to disk (when the writer forces to disk at all). Also the start-up replay of
 //! what a stopped gateway left in the journal.
 
@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::writer::{RETRY_AFTER, WriterStats, force_to_disk};
 use crate::{AuditError, read_journal};
 
-/// How often the importer takes what was journaled.
+/// How long the importer lets batches gather before it takes them.
 pub(crate) const IMPORT_EVERY: Duration = Duration::from_millis(5);
 
 /// Most events moved into the store in one transaction.
@@ -100,17 +100,16 @@ fn run(
     let mut retired: Vec<(PathBuf, i64)> = Vec::new();
     let mut open = true;
     while open {
-        // Not woken per batch: a wake-up per commit would cost the data path more than the
-        // whole import does.
+        // Idle, it sleeps until a batch comes. Then it lets the batches of the next few
+        // milliseconds join that one: the data path does not wake it per commit (a wake-up per
+        // commit would cost more than the whole import does).
+        let Ok(first) = rx.recv() else { break };
         std::thread::sleep(IMPORT_EVERY);
         let mut batch = AuditBatch::default();
+        absorb(first, &mut batch, &mut retired);
         while batch.events.len() < IMPORT_MAX {
             match rx.try_recv() {
-                Ok(Import::Batch(b)) => {
-                    batch.events.extend(b.events);
-                    batch.sessions.extend(b.sessions);
-                }
-                Ok(Import::Retire(path, last)) => retired.push((path, last)),
+                Ok(message) => absorb(message, &mut batch, &mut retired),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     open = false;
@@ -178,6 +177,16 @@ fn run(
             progress.imported.store(last, Ordering::Release);
             progress.imported_watch.send_replace(last);
         }
+    }
+}
+
+fn absorb(message: Import, batch: &mut AuditBatch, retired: &mut Vec<(PathBuf, i64)>) {
+    match message {
+        Import::Batch(b) => {
+            batch.events.extend(b.events);
+            batch.sessions.extend(b.sessions);
+        }
+        Import::Retire(path, last) => retired.push((path, last)),
     }
 }
 
