@@ -37,10 +37,8 @@ pub(crate) enum Import {
 pub(crate) struct Progress {
     /// The last event journaled.
     pub(crate) journaled: AtomicI64,
-    /// The last event in the store.
-    pub(crate) imported: AtomicI64,
-    /// `imported`, for waiting on.
-    pub(crate) imported_watch: watch::Sender<i64>,
+    /// The last event in the store, for reading and for waiting on.
+    pub(crate) imported: watch::Sender<i64>,
     /// The writer has stopped: the importer gives up on a store that still fails.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
@@ -49,8 +47,7 @@ impl Progress {
     pub(crate) fn new(last: i64) -> Progress {
         Progress {
             journaled: AtomicI64::new(last),
-            imported: AtomicI64::new(last),
-            imported_watch: watch::Sender::new(last),
+            imported: watch::Sender::new(last),
             stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -60,7 +57,7 @@ impl Progress {
         if let Some(e) = stats.import_failing() {
             return Some(format!("the audit store cannot take events: {e}"));
         }
-        let behind = self.journaled.load(Ordering::Relaxed) - self.imported.load(Ordering::Relaxed);
+        let behind = self.journaled.load(Ordering::Relaxed) - *self.imported.borrow();
         (behind > MAX_BACKLOG).then(|| format!("the audit store is {behind} events behind the journal"))
     }
 
@@ -68,7 +65,7 @@ impl Progress {
     /// Returns whether it is.
     pub(crate) async fn settled(&self, limit: Duration) -> bool {
         let target = self.journaled.load(Ordering::Acquire);
-        let mut rx = self.imported_watch.subscribe();
+        let mut rx = self.imported.subscribe();
         tokio::time::timeout(limit, rx.wait_for(|imported| *imported >= target)).await.is_ok_and(|r| r.is_ok())
     }
 }
@@ -117,12 +114,9 @@ fn run(
                 }
             }
         }
-        if batch.events.is_empty() && batch.sessions.is_empty() {
-            if !open {
-                break;
-            }
-            continue;
-        }
+        // Only a full file to retire: nothing to import yet (every session change comes with
+        // an event).
+        let Some(last) = batch.events.last().map(|e| e.seq) else { continue };
         // What the journal holds is recorded already: keep trying until the store takes it.
         // Meanwhile the writer refuses new events (`Progress::refusal`). When the writer stops
         // while the store still fails, the journal keeps the events for the next start.
@@ -149,19 +143,20 @@ fn run(
         // The store's log needs forcing to disk only before the journal stops holding these
         // events: before a full journal file is deleted, and at the end (the writer deletes
         // the last file then). Until then, the journal is what survives an OS crash.
-        let last = batch.events.last().map(|e| e.seq);
-        let deleting = !open || last.is_some_and(|last| retired.iter().any(|(_, upto)| *upto <= last));
-        if force
-            && deleting
-            && let Err(e) = force_to_disk(&store.log_files(), None)
-        {
-            // The journal still holds these events, and keeps them until a later import is
-            // forced to disk.
-            tracing::warn!(error = %e, "the audit store's log could not be forced to disk; the journal is kept");
-            if !open {
-                return;
-            }
-        } else if let Some(last) = last {
+        let deleting = !open || retired.iter().any(|(_, upto)| *upto <= last);
+        let forced = !(force && deleting)
+            || force_to_disk(&store.log_files(), None)
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "the audit store's log could not be forced to disk; the journal is kept");
+                })
+                .is_ok();
+        if !forced && !open {
+            // The writer keeps the last journal file when not everything is imported.
+            return;
+        }
+        stats.imported_events.fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+        progress.imported.send_replace(last);
+        if forced {
             retired.retain(|(path, upto)| {
                 if *upto > last {
                     return true;
@@ -171,11 +166,6 @@ fn run(
                 }
                 false
             });
-        }
-        if let Some(last) = batch.events.last().map(|e| e.seq) {
-            stats.imported_events.fetch_add(batch.events.len() as u64, Ordering::Relaxed);
-            progress.imported.store(last, Ordering::Release);
-            progress.imported_watch.send_replace(last);
         }
     }
 }
@@ -194,7 +184,7 @@ fn absorb(message: Import, batch: &mut AuditBatch, retired: &mut Vec<(PathBuf, i
 /// by a gateway that stopped before its importer caught up), forces it to disk, and deletes
 /// the journal files. Returns how many events it imported. Run before the writer starts.
 pub async fn replay_journal(store: &dyn Store, dir: &Path) -> Result<usize, AuditError> {
-    let unavailable = |e: String| AuditError::Unavailable(e);
+    let unavailable = AuditError::Unavailable;
     let contents = read_journal(dir).map_err(|e| unavailable(format!("cannot read the audit journal: {e}")))?;
     for problem in &contents.problems {
         tracing::error!(%problem, "the audit journal has a damaged record; the events after it are lost");

@@ -58,19 +58,14 @@ impl Journal {
         create_dir(dir)?;
         let path = dir.join(format!("{next_seq:020}.journal"));
         let mut options = OpenOptions::new();
-        options.append(true).create(true);
+        // A file of that name could only hold events not replayed yet: never write over one.
+        options.append(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
         let file = options.open(&path)?;
-        let len = file.metadata()?.len();
-        if len > 0 {
-            // Left by an earlier run that journaled nothing after its replay (the name is the
-            // next sequence number): nothing in it may be kept as part of this file.
-            file.set_len(0)?;
-        }
         Ok(Journal { dir: dir.to_path_buf(), path, file, len: 0, last_seq: None })
     }
 

@@ -25,8 +25,9 @@ const QUEUE: usize = 65_536;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
     /// After each batch, the journal and the chain head are forced to disk by a thread of
-    /// their own, at most once per interval (and the store's log after each import): a batch is on disk within about one interval of
-    /// its commit, and no caller waits for the disk. If forcing fails, the writer refuses new
+    /// their own, at most once per interval (the store's log is forced before a journal file
+    /// is deleted): a batch is on disk within about one interval of its commit, and no caller
+    /// waits for the disk. If forcing fails, the writer refuses new
     /// events (fail closed).
     Interval(std::time::Duration),
     /// Left to the operating system's write-back.
@@ -213,10 +214,10 @@ impl WriterStats {
 /// Group commit without a writer thread: a caller that must wait for its events queues them
 /// and, if no commit is under way, commits everything queued itself, on its own thread (one
 /// append to the audit journal; forcing to disk and moving the events into the store happen
-/// elsewhere, see [`crate::journal`]). Callers arriving meanwhile
-/// queue theirs, and whoever is committing takes them next, so under load many requests share
-/// one commit, and with one caller nothing is handed to another thread. Entries nothing waits
-/// for ride with the next commit, or a background task commits them within [`LATER_WINDOW`].
+/// elsewhere, see [`crate::journal`]). Callers arriving meanwhile queue theirs, and whoever is
+/// committing takes them next, so under load many requests share one commit, and with one
+/// caller nothing is handed to another thread. Entries nothing waits for ride with the next
+/// commit, or a background task commits them within [`LATER_WINDOW`].
 #[derive(Debug, Clone)]
 pub struct AuditWriter {
     shared: Arc<Shared>,
@@ -271,7 +272,6 @@ impl AuditWriter {
         let journal_dir = journal_dir(&head_path);
         crate::replay_journal(store.as_ref(), &journal_dir).await?;
         let last = store.last_event().await.map_err(|e| AuditError::Unavailable(e.to_string()))?;
-        let stored = last.as_ref().map_or(0, |(seq, _)| *seq);
         let head = crate::read_head(&head_path).unwrap_or_else(|e| {
             tracing::error!(error = %e, "the audit chain head is unreadable; continuing from the store (verify reports it)");
             None
@@ -307,7 +307,7 @@ impl AuditWriter {
         let syncer = Syncer::start(store.clone(), sync, every, stats.clone())?;
         // Events the store holds count as imported; so do those of a gap after them (the chain
         // continues after the head), which no import will fill.
-        let progress = Arc::new(Progress::new(stored.max(seq)));
+        let progress = Arc::new(Progress::new(seq));
         let (import_tx, import_rx) = std::sync::mpsc::channel();
         let importer = crate::import::start(
             store,
@@ -370,7 +370,7 @@ impl AuditWriter {
             }
             // Everything journaled is in the store: the journal has nothing left to keep.
             let progress = &flusher.progress;
-            if progress.imported.load(Ordering::Acquire) >= progress.journaled.load(Ordering::Acquire)
+            if *progress.imported.borrow() >= progress.journaled.load(Ordering::Acquire)
                 && let Err(e) = std::fs::remove_file(&journal)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
