@@ -85,9 +85,25 @@ impl Resource {
         }
     }
 
-    /// `Type::"id"`, as written in policies.
+    /// `Type::"id"`, as written in policies (also what `Display` writes).
     pub fn entity_ref(&self) -> String {
-        format!("{}::{:?}", self.entity_type(), self.entity_id())
+        self.to_string()
+    }
+
+    /// The pieces the entity id is made of, in order.
+    fn id_pieces(&self) -> [&str; 7] {
+        match self {
+            Resource::Connection { connection } => [connection, "", "", "", "", "", ""],
+            Resource::Table { connection, schema, table } => [connection, "/", schema, ".", table, "", ""],
+            Resource::Column { connection, schema, table, column } => {
+                [connection, "/", schema, ".", table, ".", column]
+            }
+            Resource::Key { connection, key } => [connection, "/", key, "", "", "", ""],
+            Resource::Path { connection, path } | Resource::KubeObject { connection, path } => {
+                [connection, "/", path.trim_start_matches('/'), "", "", "", ""]
+            }
+            Resource::Api { area } => [area, "", "", "", "", "", ""],
+        }
     }
 
     /// Parses `Type::"id"` as written in policies and on the command line.
@@ -150,6 +166,23 @@ impl Resource {
     }
 }
 
+/// `Type::"id"`, as written in policies: the id quoted and escaped as Rust's `{:?}` does.
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pieces = self.id_pieces();
+        // `{:?}` writes printable ASCII other than `"` and `\` as it is: the common case is
+        // written piece by piece, with no escaping pass and no id built first.
+        let plain = |p: &&str| p.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+        if pieces.iter().all(plain) {
+            f.write_str(self.entity_type())?;
+            f.write_str("::\"")?;
+            pieces.iter().try_for_each(|p| f.write_str(p))?;
+            return f.write_str("\"");
+        }
+        write!(f, "{}::{:?}", self.entity_type(), self.entity_id())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +200,26 @@ mod tests {
         ] {
             let r = Resource::parse(text).unwrap();
             assert_eq!(r.entity_ref(), text);
+        }
+    }
+
+    #[test]
+    fn entity_refs_escape_the_id_as_policies_quote_it() {
+        for table in ["payments", "it's", "say \"hi\"", "back\\slash", "tab\there", "café", "\u{7f}", "\u{301}x"] {
+            let r = Resource::Table { connection: "c".into(), schema: "s".into(), table: table.into() };
+            assert_eq!(r.entity_ref(), format!("Table::{:?}", format!("c/s.{table}")), "{table}");
+        }
+        let key = Resource::Key { connection: "redis".into(), key: "a\nb".into() };
+        assert_eq!(key.entity_ref(), "Key::\"redis/a\\nb\"");
+        let every = [
+            Resource::Connection { connection: "c\"".into() },
+            Resource::Column { connection: "c".into(), schema: "s".into(), table: "t".into(), column: "é".into() },
+            Resource::Path { connection: "api".into(), path: "/v1/x".into() },
+            Resource::KubeObject { connection: "k".into(), path: "ns/\\".into() },
+            Resource::Api { area: "identities".into() },
+        ];
+        for r in every {
+            assert_eq!(r.to_string(), format!("{}::{:?}", r.entity_type(), r.entity_id()));
         }
     }
 
