@@ -1,4 +1,5 @@
-//! The [`Classifier`]: classification behind a bounded LRU cache keyed on the token stream.
+//! The [`Classifier`]: classification behind a bounded LRU cache keyed on the token stream, and
+//! a second one keyed on the exact text of statements sent more than once.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,11 +13,17 @@ use crate::rules::Rules;
 
 /// Token-stream key → classification.
 type Cache = Mutex<LruCache<Box<[u8]>, Arc<Entry>>>;
+/// Exact text → its batch.
+type Exact = Mutex<LruCache<Box<str>, Arc<Batch>>>;
 
 /// Classifies statement text; share one per process (it is `Send + Sync`).
 pub struct Classifier {
     rules: Rules,
     cache: Option<Cache>,
+    /// Texts seen again, exactly (a prepared statement's text, sent with each `Parse`): found
+    /// without scanning them. A text enters only on its second sighting, so a stream of texts
+    /// that differ in their constants does not churn it.
+    exact: Option<Exact>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -33,6 +40,7 @@ impl std::fmt::Debug for Classifier {
         let (hits, misses) = self.stats();
         f.debug_struct("Classifier")
             .field("capacity", &self.cache.as_ref().map(|c| lock(c).cap().get()).unwrap_or(0))
+            .field("exact", &self.exact.as_ref().map(|c| lock(c).len()).unwrap_or(0))
             .field("hits", &hits)
             .field("misses", &misses)
             .finish_non_exhaustive()
@@ -51,6 +59,7 @@ impl Classifier {
         Classifier {
             rules,
             cache: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
+            exact: NonZeroUsize::new(capacity).map(|c| Mutex::new(LruCache::new(c))),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -63,6 +72,12 @@ impl Classifier {
     /// Splits a simple-Query string into statements and classifies each. Never fails: text that
     /// does not parse yields one statement, classified as `sql.admin`, with `error` set.
     pub fn classify(&self, sql: &str) -> Arc<Batch> {
+        if let Some(exact) = &self.exact
+            && let Some(batch) = lock(exact).get(sql).cloned()
+        {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return batch;
+        }
         let toks = match classify::scan(sql) {
             Ok(toks) => toks,
             Err(e) => {
@@ -76,6 +91,9 @@ impl Classifier {
             if let Some(entry) = entry {
                 if *entry.source == *sql {
                     self.hits.fetch_add(1, Ordering::Relaxed);
+                    if let Some(exact) = &self.exact {
+                        lock(exact).put(sql.into(), entry.batch.clone());
+                    }
                     return entry.batch.clone();
                 }
                 if let Some(batch) = entry.template.render(sql, &toks) {

@@ -22,6 +22,24 @@ fn statements_differing_only_in_constants_are_parsed_once() {
 }
 
 #[test]
+fn a_text_sent_again_is_kept_by_its_text_and_only_then() {
+    let classifier = Classifier::new(64);
+    for i in 0..100 {
+        classifier.classify(&format!("SELECT * FROM t WHERE id = {i}"));
+    }
+    assert!(format!("{classifier:?}").contains("exact: 0"), "texts seen once are not kept: {classifier:?}");
+    let sql = "SELECT a FROM t WHERE id = $1; DELETE FROM u WHERE id = $2";
+    let first = classifier.classify(sql);
+    for _ in 0..3 {
+        let again = classifier.classify(sql);
+        assert!(Arc::ptr_eq(&first, &again));
+    }
+    assert!(format!("{classifier:?}").contains("exact: 1"), "{classifier:?}");
+    assert_eq!(*first, classify_uncached(sql, &Rules::default()));
+    assert_eq!(classifier.stats(), (102, 2));
+}
+
+#[test]
 fn differently_shaped_statements_never_share_an_entry() {
     let classifier = Classifier::new(64);
     let inputs = [
