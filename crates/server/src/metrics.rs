@@ -12,12 +12,14 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
+/// Labels whose values are all known in advance: counted without allocating.
+type StaticLabels<const N: usize> = [(&'static str, &'static str); N];
 
 /// Every metric the gateway exposes.
 pub struct Metrics {
     registry: Registry,
     pub sessions: Family<Labels, Counter>,
-    pub requests: Family<Labels, Counter>,
+    pub requests: Family<StaticLabels<2>, Counter>,
     pub upstream_errors: Family<Labels, Counter>,
     pub authentications: Family<Labels, Counter>,
     masked: Family<Labels, Counter>,
@@ -41,7 +43,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("gatehouse");
         let sessions = Family::<Labels, Counter>::default();
         registry.register("sessions", "Sessions opened, by protocol", sessions.clone());
-        let requests = Family::<Labels, Counter>::default();
+        let requests = Family::<StaticLabels<2>, Counter>::default();
         registry.register(
             "requests",
             "Requests decided, by protocol and decision (allow, review, deny)",
@@ -139,10 +141,8 @@ impl Metrics {
     }
 
     /// Counts a request's decision.
-    pub fn request(&self, protocol: &str, decision: &str) {
-        self.requests
-            .get_or_create(&vec![("protocol", protocol.to_string()), ("decision", decision.to_string())])
-            .inc();
+    pub fn request(&self, protocol: &'static str, decision: &'static str) {
+        self.requests.get_or_create(&[("protocol", protocol), ("decision", decision)]).inc();
     }
 
     pub fn session(&self, protocol: &str) {
