@@ -46,7 +46,7 @@ pub fn read_head(path: &Path) -> Result<Option<ChainHead>, String> {
     }
 }
 
-/// The chain head's file, kept open by the writer and rewritten in place after every batch: one
+/// The chain head's file, kept open by the writer and rewritten in place after batches: one
 /// small write at offset 0 (padded to a fixed size), no new file or rename per batch, which
 /// would cost more than the batch itself. A write torn by a crash leaves an unreadable head,
 /// which `verify` reports; it never passes for a valid one.
@@ -72,9 +72,9 @@ impl HeadFile {
         Ok(HeadFile { file: options.open(path)?, sized: false })
     }
 
-    /// Another handle on the same file (to force it to disk from another thread).
-    pub fn try_clone_file(&self) -> std::io::Result<std::fs::File> {
-        self.file.try_clone()
+    /// Forces what was written to disk.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
     }
 
     /// Writes `head` in place (it reaches the disk when the OS writes it back or the file is

@@ -145,7 +145,7 @@ fn run(
         // the last file then). Until then, the journal is what survives an OS crash.
         let deleting = !open || retired.iter().any(|(_, upto)| *upto <= last);
         let forced = !(force && deleting)
-            || force_to_disk(&store.log_files(), None)
+            || force_to_disk(&store.log_files())
                 .inspect_err(|e| {
                     tracing::warn!(error = %e, "the audit store's log could not be forced to disk; the journal is kept");
                 })
@@ -204,7 +204,7 @@ pub async fn replay_journal(store: &dyn Store, dir: &Path) -> Result<usize, Audi
     let imported = missing.events.len();
     if imported > 0 {
         store.append_audit_inline(&missing).await.map_err(|e| unavailable(e.to_string()))?;
-        force_to_disk(&store.log_files(), None)
+        force_to_disk(&store.log_files())
             .map_err(|e| unavailable(format!("cannot force the replayed audit events to disk: {e}")))?;
         tracing::info!(events = imported, "audit events left in the journal were moved into the store");
     }

@@ -27,8 +27,7 @@ pub enum FsyncPolicy {
     /// After each batch, the journal and the chain head are forced to disk by a thread of
     /// their own, at most once per interval (the store's log is forced before a journal file
     /// is deleted): a batch is on disk within about one interval of its commit, and no caller
-    /// waits for the disk. If forcing fails, the writer refuses new
-    /// events (fail closed).
+    /// waits for the disk. If forcing fails, the writer refuses new events (fail closed).
     Interval(std::time::Duration),
     /// Left to the operating system's write-back.
     Off,
@@ -37,31 +36,44 @@ pub enum FsyncPolicy {
 /// The default interval of [`FsyncPolicy::Interval`].
 pub const FSYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// One event to record. `payload` must be a JSON object; it is stored exactly as serialised.
+/// One event to record.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub session_id: Option<String>,
     pub kind: String,
-    pub payload: serde_json::Value,
+    /// A JSON object, serialised once when the entry is made: the event is stored and chained
+    /// exactly as this text.
+    pub payload: String,
     /// What this event does to the sessions table, committed in the same batch.
     pub session_change: Option<SessionChange>,
 }
 
 impl Entry {
+    /// An event outside any session's counters (a server event, a management change's result).
+    pub fn event(session_id: Option<&str>, kind: &str, payload: &serde_json::Value) -> Entry {
+        Entry { session_id: session_id.map(String::from), kind: kind.into(), payload: payload.to_string(), session_change: None }
+    }
+
     /// A session's first event, opening its row in the sessions table.
-    pub fn session_start(record: SessionRecord, payload: serde_json::Value) -> Entry {
+    pub fn session_start(record: SessionRecord, payload: &serde_json::Value) -> Entry {
         Entry {
             session_id: Some(record.id.clone()),
             kind: "session.start".into(),
-            payload,
+            payload: payload.to_string(),
             session_change: Some(SessionChange::Open(record)),
         }
     }
 
     /// A request of a session and its decision, counted in the session's row (as held for
     /// review when the payload's `decision` is `review`).
-    pub fn request(session_id: &str, payload: serde_json::Value, denied: bool) -> Entry {
+    pub fn request(session_id: &str, payload: &serde_json::Value, denied: bool) -> Entry {
         let reviewed = payload.get("decision").and_then(serde_json::Value::as_str) == Some("review");
+        Self::request_serialized(session_id, payload.to_string(), denied, reviewed)
+    }
+
+    /// [`Entry::request`] with its payload already serialised (the data path builds it
+    /// without an intermediate JSON value).
+    pub fn request_serialized(session_id: &str, payload: String, denied: bool, reviewed: bool) -> Entry {
         Entry {
             session_id: Some(session_id.to_string()),
             kind: "request".into(),
@@ -72,7 +84,7 @@ impl Entry {
 
     /// The result of a request. The values its payload's `masked` counts (by column or JSON
     /// path, then by detector) are added to the session's row.
-    pub fn result(session_id: &str, payload: serde_json::Value) -> Entry {
+    pub fn result(session_id: &str, payload: &serde_json::Value) -> Entry {
         let values: i64 = payload
             .get("masked")
             .and_then(serde_json::Value::as_object)
@@ -84,11 +96,18 @@ impl Entry {
                     .sum()
             })
             .unwrap_or(0);
+        Self::result_serialized(session_id, payload.to_string(), values)
+    }
+
+    /// [`Entry::result`] with its payload already serialised, and the number of values it
+    /// says were masked.
+    pub fn result_serialized(session_id: &str, payload: String, masked_values: i64) -> Entry {
         Entry {
             session_id: Some(session_id.to_string()),
             kind: "request.result".into(),
             payload,
-            session_change: (values > 0).then(|| SessionChange::Masked { id: session_id.to_string(), values }),
+            session_change: (masked_values > 0)
+                .then(|| SessionChange::Masked { id: session_id.to_string(), values: masked_values }),
         }
     }
 
@@ -97,7 +116,7 @@ impl Entry {
         Entry {
             session_id: Some(session_id.to_string()),
             kind: "session.end".into(),
-            payload: serde_json::json!({"reason": reason}),
+            payload: serde_json::json!({"reason": reason}).to_string(),
             session_change: Some(SessionChange::Close {
                 id: session_id.to_string(),
                 ended_at: crate::now_ms(),
@@ -296,15 +315,10 @@ impl AuditWriter {
         })?;
         let journal_path = Arc::new(std::sync::Mutex::new(journal.path().to_path_buf()));
         let (sync, every) = match fsync {
-            FsyncPolicy::Interval(every) => {
-                let head = head_file
-                    .try_clone_file()
-                    .map_err(|e| AuditError::Unavailable(format!("cannot open the chain head: {e}")))?;
-                (Some((journal_path.clone(), head)), every)
-            }
+            FsyncPolicy::Interval(every) => (Some(journal_path.clone()), every),
             FsyncPolicy::Off => (None, FSYNC_INTERVAL),
         };
-        let syncer = Syncer::start(store.clone(), sync, every, stats.clone())?;
+        let syncer = Syncer::start(store.clone(), head_file, sync, every, stats.clone())?;
         // Events the store holds count as imported; so do those of a gap after them (the chain
         // continues after the head), which no import will fill.
         let progress = Arc::new(Progress::new(seq));
@@ -318,7 +332,6 @@ impl AuditWriter {
         )?;
         let task = Task {
             keys,
-            head_file,
             journal,
             journal_path,
             import: Some(import_tx),
@@ -367,6 +380,13 @@ impl AuditWriter {
             flusher.progress.stopping.store(true, Ordering::Release);
             if !matches!(tokio::task::spawn_blocking(move || importer.join()).await, Ok(Ok(()))) {
                 tracing::error!("the audit importer stopped abnormally; the journal keeps what it did not import");
+            }
+            // The syncer writes the final chain head (and forces it to disk) as it stops.
+            let syncer = flusher.chain.lock().await.syncer.stop();
+            if let Some(thread) = syncer
+                && !matches!(tokio::task::spawn_blocking(move || thread.join()).await, Ok(Ok(())))
+            {
+                tracing::error!("the audit fsync thread stopped abnormally; the chain head may be behind");
             }
             // Everything journaled is in the store: the journal has nothing left to keep.
             let progress = &flusher.progress;
@@ -530,7 +550,6 @@ impl Shared {
 /// Commits one batch at a time; held by whoever is committing.
 struct Task {
     keys: Arc<Keys>,
-    head_file: HeadFile,
     journal: Journal,
     /// The journal file being appended to, for the thread that forces it to disk.
     journal_path: Arc<std::sync::Mutex<PathBuf>>,
@@ -571,7 +590,7 @@ impl Task {
             let mut mine = Vec::with_capacity(job.entries.len());
             for entry in &job.entries {
                 seq += 1;
-                let payload = entry.payload.to_string();
+                let payload = entry.payload.clone();
                 let mac = chain_mac(&self.keys, &prev, seq, ts, entry.session_id.as_deref(), &entry.kind, &payload);
                 prev = mac.to_vec();
                 batch.events.push(StoredEvent {
@@ -605,7 +624,7 @@ impl Task {
                 }
             }),
         };
-        let result = appended.and_then(|()| {
+        let result = appended.map(|()| {
             self.seq = seq;
             self.prev = prev;
             self.progress.journaled.store(seq, Ordering::Release);
@@ -613,13 +632,7 @@ impl Task {
                 let _ = import.send(Import::Batch(batch));
             }
             self.rotate_journal();
-            let head = ChainHead { seq, mac: hex::encode(&self.prev) };
-            let written = self
-                .head_file
-                .write(&head)
-                .map_err(|e| AuditError::Unavailable(format!("cannot write the chain head: {e}")));
-            self.syncer.committed();
-            written
+            self.syncer.committed(seq, &self.prev);
         });
         match &result {
             Ok(()) => {
@@ -682,69 +695,83 @@ impl Task {
     }
 }
 
-/// Forces `files` (a file that does not exist yet holds nothing) and then the chain head, if
-/// given, to disk.
-pub(crate) fn force_to_disk(files: &[PathBuf], head: Option<&std::fs::File>) -> std::io::Result<()> {
-    files
-        .iter()
-        .try_for_each(|f| match std::fs::File::open(f) {
-            Ok(file) => file.sync_data(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        })
-        .and_then(|()| head.map_or(Ok(()), std::fs::File::sync_data))
+/// Forces `files` to disk (a file that does not exist yet holds nothing).
+pub(crate) fn force_to_disk(files: &[PathBuf]) -> std::io::Result<()> {
+    files.iter().try_for_each(|f| match std::fs::File::open(f) {
+        Ok(file) => file.sync_data(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    })
 }
 
 /// How often the store's log is checkpointed (moved to its final place) while commits go on.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The writer's background thread, so that no caller waits for the disk: after commits, it
-/// forces the journal and the chain head to disk (with [`FsyncPolicy::Interval`]) at most
-/// once per interval, and checkpoints the store's log at most once per [`CHECKPOINT_EVERY`].
+/// The newest committed batch's chain head: its last sequence number and MAC.
+type Latest = Arc<std::sync::Mutex<Option<(i64, Vec<u8>)>>>;
+
+/// The writer's background thread, so that no caller waits for the disk. After commits, at
+/// most once per interval, it forces the journal to disk (with [`FsyncPolicy::Interval`]),
+/// then writes the chain head of what it forced and forces that too; it also checkpoints the
+/// store's log at most once per [`CHECKPOINT_EVERY`]. The head on disk thus never claims more
+/// than the journal holds there, and the data path makes no write for it. While the gateway
+/// runs, the head may lag the newest batch by about one interval; when the writer stops, it is
+/// brought up to date.
 struct Syncer {
-    tx: std::sync::mpsc::SyncSender<()>,
+    /// `None` once stopping.
+    tx: Option<std::sync::mpsc::SyncSender<()>>,
+    latest: Latest,
+    thread: Option<std::thread::JoinHandle<()>>,
     stats: Arc<WriterStats>,
 }
 
 impl Syncer {
-    /// `sync`: the files to force to disk (the journal file being appended to, and the chain
-    /// head), if any.
+    /// `journal`: the journal file being appended to, when it and the head are to be forced
+    /// to disk.
     fn start(
         store: Arc<dyn Store>,
-        sync: Option<(Arc<std::sync::Mutex<PathBuf>>, std::fs::File)>,
+        mut head_file: HeadFile,
+        journal: Option<Arc<std::sync::Mutex<PathBuf>>>,
         every: std::time::Duration,
         stats: Arc<WriterStats>,
     ) -> Result<Syncer, AuditError> {
         // One pending signal is enough: a sync that has not started yet covers every commit
         // before it.
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let shared = stats.clone();
-        std::thread::Builder::new()
+        let latest: Latest = Arc::default();
+        let (shared, newest) = (stats.clone(), latest.clone());
+        let thread = std::thread::Builder::new()
             .name("audit-fsync".into())
             .spawn(move || {
                 let mut last: Option<Instant> = None;
                 let mut checkpointed = Instant::now();
-                while rx.recv().is_ok() {
-                    if let Some(wait) = last.and_then(|l| every.checked_sub(l.elapsed())) {
-                        std::thread::sleep(wait);
+                let mut written = None;
+                loop {
+                    // Closed: the writer stops; bring the head up to date one last time.
+                    let stopping = rx.recv().is_err();
+                    if !stopping {
+                        if let Some(wait) = last.and_then(|l| every.checked_sub(l.elapsed())) {
+                            std::thread::sleep(wait);
+                        }
+                        // Signals that arrived meanwhile are covered by this sync.
+                        while rx.try_recv().is_ok() {}
                     }
-                    // Signals that arrived meanwhile are covered by this sync.
-                    while rx.try_recv().is_ok() {}
                     last = Some(Instant::now());
-                    let forced = sync.as_ref().map(|(journal, head)| {
-                        let journal = journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-                        force_to_disk(&[journal], Some(head))
-                    });
-                    match forced {
-                        None => {}
-                        Some(Ok(())) => {
+                    // Taken before the journal is forced: the journal holds at least this much.
+                    let head = newest.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                    match sync_once(&mut head_file, journal.as_deref(), head, &mut written) {
+                        Ok(false) => {}
+                        Ok(true) => {
                             stats.syncs.fetch_add(1, Ordering::Relaxed);
                         }
-                        Some(Err(e)) => {
+                        Err(e) => {
                             tracing::error!(error = %e, "the audit trail could not be forced to disk; new requests are refused");
-                            stats.set_fsync_failure(e.to_string());
+                            stats.set_fsync_failure(e);
                             break;
                         }
+                    }
+                    if stopping {
+                        break;
                     }
                     if checkpointed.elapsed() >= CHECKPOINT_EVERY {
                         checkpointed = Instant::now();
@@ -759,17 +786,53 @@ impl Syncer {
                 }
             })
             .map_err(|e| AuditError::Unavailable(format!("cannot start the audit fsync thread: {e}")))?;
-        Ok(Syncer { tx, stats: shared })
+        Ok(Syncer { tx: Some(tx), latest, thread: Some(thread), stats: shared })
     }
 
-    /// A batch was committed: force it to disk soon.
-    fn committed(&self) {
-        let _ = self.tx.try_send(());
+    /// A batch was committed, ending at `seq` with `mac`: write its head and force it to disk
+    /// soon.
+    fn committed(&self, seq: i64, mac: &[u8]) {
+        *self.latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((seq, mac.to_vec()));
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(());
+        }
     }
 
     fn failure(&self) -> Option<String> {
         self.stats.fsync_failure()
     }
+
+    /// Asks the thread to write the newest head and stop; its handle, to wait for that.
+    fn stop(&mut self) -> Option<std::thread::JoinHandle<()>> {
+        self.tx = None;
+        self.thread.take()
+    }
+}
+
+/// One pass of the syncer: forces the journal to disk (if `journal`), then writes `head` if it
+/// is not the head written last and forces it too (if `journal`). Returns whether it forced.
+fn sync_once(
+    head_file: &mut HeadFile,
+    journal: Option<&std::sync::Mutex<PathBuf>>,
+    head: Option<(i64, Vec<u8>)>,
+    written: &mut Option<i64>,
+) -> Result<bool, String> {
+    if let Some(journal) = journal {
+        let path = journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        force_to_disk(&[path]).map_err(|e| format!("cannot force the audit journal to disk: {e}"))?;
+    }
+    if let Some((seq, mac)) = head
+        && *written != Some(seq)
+    {
+        head_file
+            .write(&ChainHead { seq, mac: hex::encode(mac) })
+            .map_err(|e| format!("cannot write the chain head: {e}"))?;
+        *written = Some(seq);
+        if journal.is_some() {
+            head_file.sync().map_err(|e| format!("cannot force the chain head to disk: {e}"))?;
+        }
+    }
+    Ok(journal.is_some())
 }
 
 #[cfg(test)]
@@ -787,39 +850,51 @@ mod tests {
         false
     }
 
+    fn head_seq(path: &std::path::Path) -> Option<i64> {
+        crate::read_head(path).unwrap().map(|h| h.seq)
+    }
+
     #[test]
-    fn the_syncer_forces_commits_to_disk_and_reports_failure() {
+    fn the_syncer_forces_commits_to_disk_writes_the_head_and_reports_failure() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
         std::fs::write(&log, b"x").unwrap();
-        let head = std::fs::File::create(dir.path().join("head")).unwrap();
+        let head_path = dir.path().join("head");
         let stats = Arc::new(WriterStats::default());
-        assert!(
-            force_to_disk(&[log.clone(), dir.path().join("not-yet")], None).is_ok(),
-            "a file not there yet holds nothing"
-        );
+        assert!(force_to_disk(&[log.clone(), dir.path().join("not-yet")]).is_ok(), "a file not there yet holds nothing");
         let journal = Arc::new(std::sync::Mutex::new(log));
         let store: Arc<dyn Store> =
             Arc::new(gatehouse_store::SqliteStore::open(&dir.path().join("g.db"), false).unwrap());
-        let sync = Some((journal, head.try_clone().unwrap()));
-        let syncer = Syncer::start(store.clone(), sync, FSYNC_INTERVAL, stats.clone()).unwrap();
+        let head = HeadFile::open(&head_path).unwrap();
+        let mut syncer = Syncer::start(store.clone(), head, Some(journal), FSYNC_INTERVAL, stats.clone()).unwrap();
         assert_eq!(stats.syncs.load(Ordering::Relaxed), 0, "nothing committed, nothing forced");
-        syncer.committed();
+        assert_eq!(head_seq(&head_path), None);
+        syncer.committed(1, &[1; 32]);
         assert!(wait_for(|| stats.syncs.load(Ordering::Relaxed) == 1));
+        assert_eq!(head_seq(&head_path), Some(1));
         // Commits in quick succession share syncs, at most one per interval.
-        for _ in 0..100 {
-            syncer.committed();
+        for seq in 2..102 {
+            syncer.committed(seq, &[2; 32]);
         }
         assert!(wait_for(|| stats.syncs.load(Ordering::Relaxed) >= 2));
         assert!(stats.syncs.load(Ordering::Relaxed) <= 3, "{}", stats.syncs.load(Ordering::Relaxed));
+        assert!(wait_for(|| head_seq(&head_path) == Some(101)));
         assert_eq!(syncer.failure(), None);
-        // A journal that cannot be opened (its parent is a file): the failure is kept for the writer.
-        let broken = Arc::new(std::sync::Mutex::new(dir.path().join("head").join("journal")));
+        // Stopping writes the newest head, however soon it comes after the commit.
+        syncer.committed(102, &[3; 32]);
+        syncer.stop().unwrap().join().unwrap();
+        let head = crate::read_head(&head_path).unwrap().unwrap();
+        assert_eq!((head.seq, head.mac), (102, hex::encode([3; 32])));
+        // A journal that cannot be opened (its parent is a file): the failure is kept for the
+        // writer, and the head is not moved past what reached the disk.
+        let broken = Arc::new(std::sync::Mutex::new(head_path.join("journal")));
         let stats = Arc::new(WriterStats::default());
-        let syncer = Syncer::start(store, Some((broken, head)), FSYNC_INTERVAL, stats.clone()).unwrap();
-        syncer.committed();
+        let head = HeadFile::open(&head_path).unwrap();
+        let syncer = Syncer::start(store, head, Some(broken), FSYNC_INTERVAL, stats.clone()).unwrap();
+        syncer.committed(103, &[4; 32]);
         assert!(wait_for(|| stats.fsync_failure().is_some()));
         assert_eq!(syncer.failure(), stats.fsync_failure());
+        assert_eq!(head_seq(&head_path), Some(102));
     }
 
     #[test]
@@ -828,15 +903,18 @@ mod tests {
         let store: Arc<dyn Store> =
             Arc::new(gatehouse_store::SqliteStore::open(&dir.path().join("g.db"), false).unwrap());
         let stats = Arc::new(WriterStats::default());
-        let syncer = Syncer::start(store, None, FSYNC_INTERVAL, stats.clone()).unwrap();
-        syncer.committed();
+        let head_path = dir.path().join("head");
+        let head = HeadFile::open(&head_path).unwrap();
+        let syncer = Syncer::start(store, head, None, FSYNC_INTERVAL, stats.clone()).unwrap();
+        syncer.committed(1, &[1; 32]);
         std::thread::sleep(FSYNC_INTERVAL * 5);
         assert_eq!(stats.checkpoints.load(Ordering::Relaxed), 0, "too soon after the start");
+        assert_eq!(head_seq(&head_path), Some(1), "the head is written without forcing too");
         std::thread::sleep(CHECKPOINT_EVERY);
-        syncer.committed();
+        syncer.committed(2, &[1; 32]);
         assert!(wait_for(|| stats.checkpoints.load(Ordering::Relaxed) == 1));
-        for _ in 0..20 {
-            syncer.committed();
+        for seq in 3..23 {
+            syncer.committed(seq, &[1; 32]);
             std::thread::sleep(FSYNC_INTERVAL);
         }
         assert_eq!(stats.checkpoints.load(Ordering::Relaxed), 1, "at most one a second");

@@ -32,7 +32,7 @@ async fn fixture_with(n: usize) -> Fixture {
             w.record_one(Entry {
                 session_id: None,
                 kind: "management".into(),
-                payload: serde_json::json!({"n": i}),
+                payload: serde_json::json!({"n": i}).to_string(),
                 session_change: None,
             })
             .await
@@ -128,7 +128,7 @@ async fn writer_continues_after_truncation_keeping_the_gap() {
         .record_one(Entry {
             session_id: None,
             kind: "management".into(),
-            payload: serde_json::json!({}),
+            payload: serde_json::json!({}).to_string(),
             session_change: None,
         })
         .await
@@ -191,7 +191,7 @@ async fn later_entries_are_committed_without_holding_back_urgent_ones() {
     let entry = |n: i64| Entry {
         session_id: None,
         kind: "request.result".into(),
-        payload: serde_json::json!({"n": n}),
+        payload: serde_json::json!({"n": n}).to_string(),
         session_change: None,
     };
     // Alone: committed once the short window has passed.
@@ -228,7 +228,7 @@ async fn concurrent_callers_waiting_or_not_all_get_committed_once_in_one_chain()
     let entry = |task: usize, n: usize| Entry {
         session_id: None,
         kind: "management".into(),
-        payload: serde_json::json!({"task": task, "n": n}),
+        payload: serde_json::json!({"task": task, "n": n}).to_string(),
         session_change: None,
     };
     let mut tasks = Vec::new();
@@ -282,7 +282,7 @@ impl StoreLock {
 }
 
 fn management(n: usize) -> Entry {
-    Entry { session_id: None, kind: "management".into(), payload: serde_json::json!({"n": n}), session_change: None }
+    Entry { session_id: None, kind: "management".into(), payload: serde_json::json!({"n": n}).to_string(), session_change: None }
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

@@ -215,7 +215,7 @@ impl App {
         };
         let request = Entry::request(
             &session_id,
-            json!({
+            &json!({
                 "action": "api.write",
                 "resource": format!("Api::\"{}\"", area.as_str()),
                 "operation": operation,
@@ -235,17 +235,13 @@ impl App {
         self.audit.record(vec![start, request]).await?;
         let started = std::time::Instant::now();
         let result = run().await;
-        let outcome = Entry {
-            session_id: Some(session_id.clone()),
-            kind: "request.result".into(),
-            payload: match &result {
-                Ok(_) => json!({"status": "ok", "duration_ms": started.elapsed().as_secs_f64() * 1000.0}),
-                Err(e) => {
-                    json!({"status": "error", "error": e.to_string(), "duration_ms": started.elapsed().as_secs_f64() * 1000.0})
-                }
-            },
-            session_change: None,
+        let payload = match &result {
+            Ok(_) => json!({"status": "ok", "duration_ms": started.elapsed().as_secs_f64() * 1000.0}),
+            Err(e) => {
+                json!({"status": "error", "error": e.to_string(), "duration_ms": started.elapsed().as_secs_f64() * 1000.0})
+            }
         };
+        let outcome = Entry::event(Some(&session_id), "request.result", &payload);
         let end = Entry::session_end(&session_id, "completed");
         if let Err(e) = self.audit.record(vec![outcome, end]).await {
             tracing::error!(error = %e, %operation, "the result of a management change could not be recorded");
@@ -256,13 +252,13 @@ impl App {
     fn session_start(&self, session_id: &str, caller: &Identity) -> Entry {
         Entry::session_start(
             session_record(session_id, &caller.name, caller.kind, None, "api", None),
-            json!({"identity": caller.name, "identity_kind": caller.kind, "groups": caller.groups, "protocol": "api"}),
+            &json!({"identity": caller.name, "identity_kind": caller.kind, "groups": caller.groups, "protocol": "api"}),
         )
     }
 
     /// Records a server-level event (start-up, bootstrap, shutdown) outside any session.
     pub async fn record_server_event(&self, kind: &str, payload: serde_json::Value) -> Result<(), ApiError> {
-        self.audit.record_one(Entry { session_id: None, kind: kind.into(), payload, session_change: None }).await?;
+        self.audit.record_one(Entry::event(None, kind, &payload)).await?;
         Ok(())
     }
 }

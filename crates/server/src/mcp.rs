@@ -213,7 +213,7 @@ impl Gateway {
         let id = new_session_id();
         let start = Entry::session_start(
             session_record(&id, &identity.name, identity.kind, None, "mcp", None),
-            json!({"identity": identity.name, "identity_kind": identity.kind, "groups": identity.groups,
+            &json!({"identity": identity.name, "identity_kind": identity.kind, "groups": identity.groups,
                 "protocol": "mcp", "mcp_session": mcp_session}),
         );
         self.app.audit.record(vec![start]).await.map_err(|e| format!("the audit trail is unavailable: {e}"))?;
@@ -330,7 +330,7 @@ impl Gateway {
         };
         let entry = Entry::request(
             session,
-            json!({"action": format!("mcp.{tool}"), "tool": tool, "arguments": arguments, "decision": decision,
+            &json!({"action": format!("mcp.{tool}"), "tool": tool, "arguments": arguments, "decision": decision,
                 "rows": result.and_then(|v| v["row_count"].as_u64()),
                 "status": result.and_then(|v| v["status"].as_u64()), "error": error,
                 "exec_session": result.map(|v| v["session_id"].clone()),

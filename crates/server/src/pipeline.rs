@@ -118,12 +118,12 @@ impl DataPath {
         let entries = vec![
             Entry::session_start(
                 session_record(&id, &name, kind, Some(&req.connection), req.protocol, client.clone()),
-                json!({"identity": name, "authenticated": identity.is_some(), "protocol": req.protocol,
+                &json!({"identity": name, "authenticated": identity.is_some(), "protocol": req.protocol,
                     "connection": req.connection, "client_addr": client, "tls": req.tls}),
             ),
             Entry::request(
                 &id,
-                json!({"action": "connect", "request": format!("connect {}", req.connection),
+                &json!({"action": "connect", "request": format!("connect {}", req.connection),
                     "decision": "deny", "refusal": code, "message": error.to_string(), "policies": policies}),
                 true,
             ),
@@ -181,16 +181,24 @@ impl DataPath {
         decision: &Decision,
         extra: serde_json::Value,
     ) -> Result<i64, String> {
-        let accesses: Vec<String> = req.accesses.iter().map(|(a, r)| format!("{a} {}", r.entity_ref())).collect();
         let denied = decision.outcome != Outcome::Allow;
-        let mut payload = json!({"action": req.accesses.first().map(|(a, _)| a.clone()).unwrap_or_else(|| "connect".into()),
-            "request": req.text, "params": req.params, "fingerprint": req.fingerprint, "accesses": accesses, "note": req.note,
-            "decision": decision.outcome.as_str(), "policies": decision.policies, "approvers": decision.approvers,
-            "errors": decision.errors});
-        if let (Some(p), serde_json::Value::Object(extra)) = (payload.as_object_mut(), extra) {
-            p.extend(extra);
-        }
-        let entry = Entry::request(&session.id, payload, denied);
+        let empty = serde_json::Map::new();
+        let event = RequestEvent {
+            action: req.accesses.first().map_or("connect", |(a, _)| a.as_str()),
+            request: &req.text,
+            params: &req.params,
+            fingerprint: req.fingerprint.as_deref(),
+            accesses: Accesses(&req.accesses),
+            note: req.note.as_deref(),
+            decision: decision.outcome.as_str(),
+            policies: &decision.policies,
+            approvers: &decision.approvers,
+            errors: &decision.errors,
+            extra: extra.as_object().unwrap_or(&empty),
+        };
+        let payload =
+            serde_json::to_string(&event).map_err(|e| format!("the request cannot be recorded: {e}"))?;
+        let entry = Entry::request_serialized(&session.id, payload, denied, decision.outcome == Outcome::Review);
         let seq = self.app.audit.record_one(entry).await.map_err(|e| format!("the audit trail is unavailable: {e}"))?;
         self.app.metrics.request(session.protocol, decision.outcome.as_str());
         Ok(seq)
@@ -317,15 +325,75 @@ impl DataPath {
     }
 }
 
+/// A `request` event's payload, serialised without an intermediate JSON value.
+#[derive(serde::Serialize)]
+struct RequestEvent<'a> {
+    action: &'a str,
+    request: &'a str,
+    params: &'a [String],
+    fingerprint: Option<&'a str>,
+    accesses: Accesses<'a>,
+    note: Option<&'a str>,
+    decision: &'a str,
+    policies: &'a [String],
+    approvers: &'a [gatehouse_core::Approval],
+    errors: &'a [String],
+    /// What the caller adds (a grant, a review, a refusal's reason).
+    #[serde(flatten)]
+    extra: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+/// A request's accesses as `action Type::"id"` strings.
+struct Accesses<'a>(&'a [(String, Resource)]);
+
+impl serde::Serialize for Accesses<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for (action, resource) in self.0 {
+            seq.serialize_element(&Access(action, resource))?;
+        }
+        seq.end()
+    }
+}
+
+/// `action Type::"id"`, serialised as a string without building it first.
+struct Access<'a>(&'a str, &'a Resource);
+
+impl serde::Serialize for Access<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{} {}", self.0, self.1))
+    }
+}
+
+/// A `request.result` event's payload; what is empty is left out.
+#[derive(serde::Serialize)]
+struct ResultEvent<'a> {
+    request_seq: i64,
+    status: &'a str,
+    duration_ms: f64,
+    rows: Option<u64>,
+    command: Option<&'a str>,
+    error: Option<&'a str>,
+    bytes_out: u64,
+    bytes_in: u64,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    columns: &'a [String],
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    masked: &'a std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_sample: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_sample: Option<&'a str>,
+}
+
 /// What a decision depends on beyond the session, the policy set and the time: the accesses,
 /// and the attributes of the request's context that the set mentions.
 fn decision_key(req: &Request, mentioned: impl Fn(&str) -> bool) -> String {
     let mut key = String::with_capacity(128);
     for (action, resource) in &req.accesses {
-        key.push_str(action);
-        key.push(' ');
-        key.push_str(&resource.entity_ref());
-        key.push('\n');
+        use std::fmt::Write;
+        let _ = writeln!(key, "{action} {resource}");
     }
     for (name, value) in req.context.iter().filter(|(name, _)| mentioned(name)) {
         key.push_str(&serde_json::to_string(name).unwrap_or_default());
@@ -444,13 +512,13 @@ impl Pipeline for DataPath {
         let entries = vec![
             Entry::session_start(
                 session_record(&id, &identity.name, identity.kind, Some(&conn.name), req.protocol, client.clone()),
-                json!({"identity": identity.name, "identity_kind": identity.kind, "groups": identity.groups,
+                &json!({"identity": identity.name, "identity_kind": identity.kind, "groups": identity.groups,
                     "protocol": req.protocol, "via": req.via, "connection": conn.name, "client_addr": client,
                     "tls": req.tls, "upstream_user": user}),
             ),
             Entry::request(
                 &id,
-                json!({"action": "connect", "request": format!("connect {}", conn.name), "decision": "allow",
+                &json!({"action": "connect", "request": format!("connect {}", conn.name), "decision": "allow",
                     "policies": decision.policies}),
                 false,
             ),
@@ -563,20 +631,29 @@ impl Pipeline for DataPath {
                 self.app.metrics.masked(detector, *n);
             }
         }
-        let mut payload = json!({"request_seq": seq, "status": if result.error.is_some() { "error" } else { "ok" },
-            "duration_ms": result.duration_ms, "rows": result.rows, "command": result.command, "error": result.error,
-            "bytes_out": result.bytes_out, "bytes_in": result.bytes_in});
-        if !result.columns.is_empty() {
-            payload["columns"] = json!(result.columns);
-        }
-        if !result.masked.is_empty() {
-            payload["masked"] = json!(result.masked);
-        }
-        if let Some(samples) = &result.samples {
-            payload["request_sample"] = json!(samples.request);
-            payload["response_sample"] = json!(samples.response);
-        }
-        let entry = Entry::result(&session.id, payload);
+        let event = ResultEvent {
+            request_seq: seq,
+            status: if result.error.is_some() { "error" } else { "ok" },
+            duration_ms: result.duration_ms,
+            rows: result.rows,
+            command: result.command.as_deref(),
+            error: result.error.as_deref(),
+            bytes_out: result.bytes_out,
+            bytes_in: result.bytes_in,
+            columns: &result.columns,
+            masked: &result.masked,
+            request_sample: result.samples.as_ref().map(|s| s.request.as_str()),
+            response_sample: result.samples.as_ref().map(|s| s.response.as_str()),
+        };
+        let payload = match serde_json::to_string(&event) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(session = %session.id, error = %e, "a request result could not be serialised");
+                return;
+            }
+        };
+        let masked: u64 = result.masked.values().flat_map(|by_detector| by_detector.values()).sum();
+        let entry = Entry::result_serialized(&session.id, payload, i64::try_from(masked).unwrap_or(i64::MAX));
         if let Err(e) = self.app.audit.record_detached(vec![entry]) {
             tracing::error!(session = %session.id, error = %e, "a request result could not be recorded");
         }

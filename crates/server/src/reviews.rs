@@ -457,9 +457,9 @@ fn api_call(caller: &Identity, request: serde_json::Value, denied: bool) -> Vec<
     vec![
         Entry::session_start(
             session_record(&session_id, &caller.name, caller.kind, None, "api", None),
-            json!({"identity": caller.name, "identity_kind": caller.kind, "groups": caller.groups, "protocol": "api"}),
+            &json!({"identity": caller.name, "identity_kind": caller.kind, "groups": caller.groups, "protocol": "api"}),
         ),
-        Entry::request(&session_id, request, denied),
+        Entry::request(&session_id, &request, denied),
         Entry::session_end(&session_id, if denied { "denied" } else { "completed" }),
     ]
 }
