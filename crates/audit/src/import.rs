@@ -16,8 +16,10 @@ use tokio::sync::watch;
 use crate::writer::{RETRY_AFTER, WriterStats, force_to_disk};
 use crate::{AuditError, read_journal};
 
-/// How long the importer lets batches gather before it takes them.
-pub(crate) const IMPORT_EVERY: Duration = Duration::from_millis(5);
+/// How long the importer lets batches gather before it takes them. Each import is one store
+/// transaction, whose cost hardly depends on how many events it carries; readers that must see
+/// the newest events wait for it (see [`Progress::settled`]).
+pub(crate) const IMPORT_EVERY: Duration = Duration::from_millis(20);
 
 /// Most events moved into the store in one transaction.
 const IMPORT_MAX: usize = 16_384;
