@@ -195,6 +195,8 @@ pub struct WriterStats {
     failing: std::sync::Mutex<Option<String>>,
     /// Why the store does not take the journaled events, until it does again.
     import_failing: std::sync::Mutex<Option<String>>,
+    /// Why the chain head cannot be written (a full disk, a file size limit), until it can.
+    head_failing: std::sync::Mutex<Option<String>>,
 }
 
 impl WriterStats {
@@ -204,11 +206,19 @@ impl WriterStats {
     }
 
     /// Why events cannot be recorded, while that lasts (requests are refused meanwhile): the
-    /// last batch could not be journaled, or the store does not take the journaled events.
-    /// `None` once both work again.
+    /// last batch could not be journaled, the chain head cannot be written, or the store does
+    /// not take the journaled events. `None` once all work again.
     pub fn failing(&self) -> Option<String> {
         let journal = self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        journal.or_else(|| self.import_failing())
+        journal.or_else(|| self.head_failing()).or_else(|| self.import_failing())
+    }
+
+    fn head_failing(&self) -> Option<String> {
+        self.head_failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn set_head_failing(&self, why: Option<String>) {
+        *self.head_failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = why;
     }
 
     fn set_failing(&self, why: Option<String>) {
@@ -610,7 +620,9 @@ impl Task {
         }
         let n = batch.events.len() as u64;
         let last = seq;
-        let refusal = self.progress.refusal(&self.stats);
+        // While the chain head cannot be written, nothing more is recorded: the head would not
+        // cover it. The fsync thread retries the head and lifts this once it is written.
+        let refusal = self.stats.head_failing().or_else(|| self.progress.refusal(&self.stats));
         let refused = refusal.is_some();
         let appended = match refusal {
             Some(why) => Err(AuditError::Unavailable(why)),
@@ -747,8 +759,14 @@ impl Syncer {
                 let mut checkpointed = Instant::now();
                 let mut written = None;
                 loop {
-                    // Closed: the writer stops; bring the head up to date one last time.
-                    let stopping = rx.recv().is_err();
+                    // Closed: the writer stops; bring the head up to date one last time. While
+                    // the head cannot be written, try again without waiting for a commit (none
+                    // comes: the writer refuses events meanwhile).
+                    let stopping = if stats.head_failing().is_some() {
+                        matches!(rx.recv_timeout(RETRY_AFTER), Err(std::sync::mpsc::RecvTimeoutError::Disconnected))
+                    } else {
+                        rx.recv().is_err()
+                    };
                     if !stopping {
                         if let Some(wait) = last.and_then(|l| every.checked_sub(l.elapsed())) {
                             std::thread::sleep(wait);
@@ -760,11 +778,26 @@ impl Syncer {
                     // Taken before the journal is forced: the journal holds at least this much.
                     let head = newest.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
                     match sync_once(&mut head_file, journal.as_deref(), head, &mut written) {
-                        Ok(false) => {}
-                        Ok(true) => {
-                            stats.syncs.fetch_add(1, Ordering::Relaxed);
+                        Ok(forced) => {
+                            if forced {
+                                stats.syncs.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if stats.head_failing().is_some() {
+                                tracing::info!("the audit chain head is written again; requests are served");
+                                stats.set_head_failing(None);
+                            }
                         }
-                        Err(e) => {
+                        Err(SyncError::HeadWrite(e)) => {
+                            if stats.head_failing().is_none() {
+                                tracing::error!(error = %e, "the audit chain head cannot be written; new requests are refused until it can");
+                            }
+                            stats.set_head_failing(Some(e));
+                            if stopping {
+                                break;
+                            }
+                            continue;
+                        }
+                        Err(SyncError::Fsync(e)) => {
                             tracing::error!(error = %e, "the audit trail could not be forced to disk; new requests are refused");
                             stats.set_fsync_failure(e);
                             break;
@@ -809,6 +842,14 @@ impl Syncer {
     }
 }
 
+/// Why a pass of the syncer failed.
+enum SyncError {
+    /// Forcing to disk failed: what was written may be lost, so nothing more is recorded.
+    Fsync(String),
+    /// The chain head could not be written (a full disk, say): tried again until it is.
+    HeadWrite(String),
+}
+
 /// One pass of the syncer: forces the journal to disk (if `journal`), then writes `head` if it
 /// is not the head written last and forces it too (if `journal`). Returns whether it forced.
 fn sync_once(
@@ -816,20 +857,20 @@ fn sync_once(
     journal: Option<&std::sync::Mutex<PathBuf>>,
     head: Option<(i64, Vec<u8>)>,
     written: &mut Option<i64>,
-) -> Result<bool, String> {
+) -> Result<bool, SyncError> {
     if let Some(journal) = journal {
         let path = journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        force_to_disk(&[path]).map_err(|e| format!("cannot force the audit journal to disk: {e}"))?;
+        force_to_disk(&[path]).map_err(|e| SyncError::Fsync(format!("cannot force the audit journal to disk: {e}")))?;
     }
     if let Some((seq, mac)) = head
         && *written != Some(seq)
     {
         head_file
             .write(&ChainHead { seq, mac: hex::encode(mac) })
-            .map_err(|e| format!("cannot write the chain head: {e}"))?;
+            .map_err(|e| SyncError::HeadWrite(format!("cannot write the chain head: {e}")))?;
         *written = Some(seq);
         if journal.is_some() {
-            head_file.sync().map_err(|e| format!("cannot force the chain head to disk: {e}"))?;
+            head_file.sync().map_err(|e| SyncError::Fsync(format!("cannot force the chain head to disk: {e}")))?;
         }
     }
     Ok(journal.is_some())
@@ -895,6 +936,23 @@ mod tests {
         assert!(wait_for(|| stats.fsync_failure().is_some()));
         assert_eq!(syncer.failure(), stats.fsync_failure());
         assert_eq!(head_seq(&head_path), Some(102));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_head_that_cannot_be_written_refuses_events_without_stopping_the_syncer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(gatehouse_store::SqliteStore::open(&dir.path().join("g.db"), false).unwrap());
+        let stats = Arc::new(WriterStats::default());
+        // Every write to /dev/full fails with "no space left on device".
+        let head = HeadFile::open(std::path::Path::new("/dev/full")).unwrap();
+        let mut syncer = Syncer::start(store, head, None, FSYNC_INTERVAL, stats.clone()).unwrap();
+        syncer.committed(1, &[1; 32]);
+        assert!(wait_for(|| stats.failing().is_some()));
+        assert!(stats.failing().unwrap().contains("cannot write the chain head"), "{:?}", stats.failing());
+        assert_eq!(stats.fsync_failure(), None, "a full disk is waited out, not taken as lost data");
+        syncer.stop().unwrap().join().unwrap();
     }
 
     #[test]
