@@ -51,7 +51,12 @@ pub struct Entry {
 impl Entry {
     /// An event outside any session's counters (a server event, a management change's result).
     pub fn event(session_id: Option<&str>, kind: &str, payload: &serde_json::Value) -> Entry {
-        Entry { session_id: session_id.map(String::from), kind: kind.into(), payload: payload.to_string(), session_change: None }
+        Entry {
+            session_id: session_id.map(String::from),
+            kind: kind.into(),
+            payload: payload.to_string(),
+            session_change: None,
+        }
     }
 
     /// A session's first event, opening its row in the sessions table.
@@ -82,26 +87,9 @@ impl Entry {
         }
     }
 
-    /// The result of a request. The values its payload's `masked` counts (by column or JSON
-    /// path, then by detector) are added to the session's row.
-    pub fn result(session_id: &str, payload: &serde_json::Value) -> Entry {
-        let values: i64 = payload
-            .get("masked")
-            .and_then(serde_json::Value::as_object)
-            .map(|by_place| {
-                by_place
-                    .values()
-                    .filter_map(serde_json::Value::as_object)
-                    .flat_map(|by_detector| by_detector.values().filter_map(serde_json::Value::as_i64))
-                    .sum()
-            })
-            .unwrap_or(0);
-        Self::result_serialized(session_id, payload.to_string(), values)
-    }
-
-    /// [`Entry::result`] with its payload already serialised, and the number of values it
-    /// says were masked.
-    pub fn result_serialized(session_id: &str, payload: String, masked_values: i64) -> Entry {
+    /// The result of a request (`payload`, serialised). The values it says were masked are
+    /// added to the session's row.
+    pub fn result(session_id: &str, payload: String, masked_values: i64) -> Entry {
         Entry {
             session_id: Some(session_id.to_string()),
             kind: "request.result".into(),
@@ -891,6 +879,10 @@ mod tests {
         false
     }
 
+    fn store_in(dir: &std::path::Path) -> Arc<dyn Store> {
+        Arc::new(gatehouse_store::SqliteStore::open(&dir.join("g.db"), false).unwrap())
+    }
+
     fn head_seq(path: &std::path::Path) -> Option<i64> {
         crate::read_head(path).unwrap().map(|h| h.seq)
     }
@@ -902,10 +894,12 @@ mod tests {
         std::fs::write(&log, b"x").unwrap();
         let head_path = dir.path().join("head");
         let stats = Arc::new(WriterStats::default());
-        assert!(force_to_disk(&[log.clone(), dir.path().join("not-yet")]).is_ok(), "a file not there yet holds nothing");
+        assert!(
+            force_to_disk(&[log.clone(), dir.path().join("not-yet")]).is_ok(),
+            "a file not there yet holds nothing"
+        );
         let journal = Arc::new(std::sync::Mutex::new(log));
-        let store: Arc<dyn Store> =
-            Arc::new(gatehouse_store::SqliteStore::open(&dir.path().join("g.db"), false).unwrap());
+        let store = store_in(dir.path());
         let head = HeadFile::open(&head_path).unwrap();
         let mut syncer = Syncer::start(store.clone(), head, Some(journal), FSYNC_INTERVAL, stats.clone()).unwrap();
         assert_eq!(stats.syncs.load(Ordering::Relaxed), 0, "nothing committed, nothing forced");
@@ -940,10 +934,9 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_head_that_cannot_be_written_refuses_events_without_stopping_the_syncer() {
+    fn a_head_that_cannot_be_written_is_reported_as_failing_not_as_lost_data() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(gatehouse_store::SqliteStore::open(&dir.path().join("g.db"), false).unwrap());
+        let store = store_in(dir.path());
         let stats = Arc::new(WriterStats::default());
         // Every write to /dev/full fails with "no space left on device".
         let head = HeadFile::open(std::path::Path::new("/dev/full")).unwrap();
@@ -958,8 +951,7 @@ mod tests {
     #[test]
     fn the_syncer_checkpoints_the_store_at_most_once_a_second_even_without_forcing() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(gatehouse_store::SqliteStore::open(&dir.path().join("g.db"), false).unwrap());
+        let store = store_in(dir.path());
         let stats = Arc::new(WriterStats::default());
         let head_path = dir.path().join("head");
         let head = HeadFile::open(&head_path).unwrap();

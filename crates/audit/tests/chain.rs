@@ -282,7 +282,12 @@ impl StoreLock {
 }
 
 fn management(n: usize) -> Entry {
-    Entry { session_id: None, kind: "management".into(), payload: serde_json::json!({"n": n}).to_string(), session_change: None }
+    Entry {
+        session_id: None,
+        kind: "management".into(),
+        payload: serde_json::json!({"n": n}).to_string(),
+        session_change: None,
+    }
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

@@ -71,18 +71,7 @@ impl Resource {
 
     /// The Cedar entity id, e.g. `pg-prod/public.payments`.
     pub fn entity_id(&self) -> String {
-        match self {
-            Resource::Connection { connection } => connection.clone(),
-            Resource::Table { connection, schema, table } => format!("{connection}/{schema}.{table}"),
-            Resource::Column { connection, schema, table, column } => {
-                format!("{connection}/{schema}.{table}.{column}")
-            }
-            Resource::Key { connection, key } => format!("{connection}/{key}"),
-            Resource::Path { connection, path } | Resource::KubeObject { connection, path } => {
-                format!("{connection}/{}", path.trim_start_matches('/'))
-            }
-            Resource::Api { area } => area.clone(),
-        }
+        self.id_pieces().concat()
     }
 
     /// `Type::"id"`, as written in policies (also what `Display` writes).

@@ -196,8 +196,7 @@ impl DataPath {
             errors: &decision.errors,
             extra: extra.as_object().unwrap_or(&empty),
         };
-        let payload =
-            serde_json::to_string(&event).map_err(|e| format!("the request cannot be recorded: {e}"))?;
+        let payload = serde_json::to_string(&event).map_err(|e| format!("the request cannot be recorded: {e}"))?;
         let entry = Entry::request_serialized(&session.id, payload, denied, decision.outcome == Outcome::Review);
         let seq = self.app.audit.record_one(entry).await.map_err(|e| format!("the audit trail is unavailable: {e}"))?;
         self.app.metrics.request(session.protocol, decision.outcome.as_str());
@@ -348,12 +347,7 @@ struct Accesses<'a>(&'a [(String, Resource)]);
 
 impl serde::Serialize for Accesses<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-        for (action, resource) in self.0 {
-            seq.serialize_element(&Access(action, resource))?;
-        }
-        seq.end()
+        serializer.collect_seq(self.0.iter().map(|(action, resource)| Access(action, resource)))
     }
 }
 
@@ -653,7 +647,7 @@ impl Pipeline for DataPath {
             }
         };
         let masked: u64 = result.masked.values().flat_map(|by_detector| by_detector.values()).sum();
-        let entry = Entry::result_serialized(&session.id, payload, i64::try_from(masked).unwrap_or(i64::MAX));
+        let entry = Entry::result(&session.id, payload, i64::try_from(masked).unwrap_or(i64::MAX));
         if let Err(e) = self.app.audit.record_detached(vec![entry]) {
             tracing::error!(session = %session.id, error = %e, "a request result could not be recorded");
         }
