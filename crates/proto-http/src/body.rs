@@ -158,8 +158,11 @@ pub struct Relayed {
     started: Instant,
     status: u16,
     bytes_in: Arc<AtomicU64>,
-    /// Bytes received from the upstream (before decoding and masking).
+    /// Bytes read from `inner` (decoded, not yet masked).
     received: u64,
+    /// The length `inner` announced (the upstream's `Content-Length`, when it is not encoded):
+    /// once that much is in, the body is complete without waiting for the stream to say so.
+    length: Option<u64>,
     bytes_out: u64,
     done: bool,
     sampler: Option<Sampler>,
@@ -185,11 +188,21 @@ impl Relayed {
             status,
             bytes_in,
             received: 0,
+            length: None,
             bytes_out: 0,
             done: false,
             sampler,
             response_sample: Vec::new(),
         }
+    }
+
+    /// The body ends after `length` bytes of `inner`, if that is known: the upstream's
+    /// `Content-Length` of a body that is not encoded. The body then ends, and is recorded, with
+    /// its last bytes: the caller's connection, which knows the length too, may stop reading it
+    /// there and drop it, and a masked body's last chunk and its end go out together.
+    pub fn ending_after(mut self, length: Option<u64>) -> Relayed {
+        self.length = length;
+        self
     }
 
     fn keep_sample(&mut self, out: &[u8]) {
@@ -223,10 +236,30 @@ impl Relayed {
     }
 }
 
-impl Stream for Relayed {
-    type Item = Result<Frame<Bytes>, BoxError>;
+impl Relayed {
+    /// The body is complete: finishes the masker, if any, writing what it held to `out`, and
+    /// returns what was masked.
+    fn end_masking(&mut self, out: &mut Vec<u8>) -> Result<Tally, String> {
+        // An empty body is no document to check.
+        match self.masker.take().filter(|_| self.received > 0).map(|m| m.finish(out)) {
+            None => Ok(Tally::new()),
+            Some(Ok(tally)) => Ok(tally),
+            Some(Err(e)) => Err(format!("the response could not be masked, so it was cut: {e}")),
+        }
+    }
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    /// `out` goes to the caller: counted and sampled.
+    fn sent(&mut self, out: &[u8]) {
+        self.bytes_out += out.len() as u64;
+        self.keep_sample(out);
+    }
+}
+
+impl hyper::body::Body for Relayed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
             if this.done {
@@ -236,37 +269,42 @@ impl Stream for Relayed {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.received += chunk.len() as u64;
-                    let out = match &mut this.masker {
-                        None => chunk,
+                    // The announced length is in: the body ends with this chunk.
+                    let last = this.length.is_some_and(|n| this.received >= n);
+                    let (out, tally) = match &mut this.masker {
+                        None => (chunk, None),
                         Some(masker) => {
-                            let mut out = Vec::with_capacity(chunk.len());
+                            let mut out = Vec::with_capacity(chunk.len() + 64);
                             if let Err(e) = masker.push(&chunk, &mut out) {
                                 return this.fail(format!("the response could not be masked, so it was cut: {e}"));
                             }
-                            if out.is_empty() {
-                                continue;
-                            }
-                            Bytes::from(out)
+                            let tally = match last.then(|| this.end_masking(&mut out)).transpose() {
+                                Ok(tally) => tally,
+                                Err(why) => return this.fail(why),
+                            };
+                            (Bytes::from(out), tally)
                         }
                     };
-                    this.bytes_out += out.len() as u64;
-                    this.keep_sample(&out);
+                    if out.is_empty() && !last {
+                        continue;
+                    }
+                    this.sent(&out);
+                    if last {
+                        this.finish(None, tally.unwrap_or_default());
+                        if out.is_empty() {
+                            return Poll::Ready(None);
+                        }
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(out))));
                 }
                 Poll::Ready(Some(Err(e))) => return this.fail(format!("the upstream body failed: {e}")),
                 Poll::Ready(None) => {
                     let mut rest = Vec::new();
-                    // An empty body is no document to check.
-                    let masker = this.masker.take().filter(|_| this.received > 0);
-                    let tally = match masker.map(|m| m.finish(&mut rest)) {
-                        None => Tally::new(),
-                        Some(Ok(tally)) => tally,
-                        Some(Err(e)) => {
-                            return this.fail(format!("the response could not be masked, so it was cut: {e}"));
-                        }
+                    let tally = match this.end_masking(&mut rest) {
+                        Ok(tally) => tally,
+                        Err(why) => return this.fail(why),
                     };
-                    this.bytes_out += rest.len() as u64;
-                    this.keep_sample(&rest);
+                    this.sent(&rest);
                     this.finish(None, tally);
                     if rest.is_empty() {
                         return Poll::Ready(None);
@@ -275,6 +313,10 @@ impl Stream for Relayed {
                 }
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }
 

@@ -294,6 +294,16 @@ fn responses_are_masked_json_gzip_and_text() {
     // The connection without masking settings passes values through.
     let r = s.get("/files/v1/customers");
     assert!(r.body.contains("ann@example.com"));
+    // And its answer, whose length the caller knew, is recorded as delivered, every byte.
+    let events = sessions_events(&s.gw, "app");
+    let request = events.iter().rev().find(|e| e["kind"] == "request" && e["data"]["request"] == "GET /v1/customers");
+    let request = request.unwrap_or_else(|| panic!("GET /v1/customers not recorded: {events:#?}"));
+    let result = events
+        .iter()
+        .find(|e| e["kind"] == "request.result" && e["data"]["request_seq"] == request["seq"])
+        .unwrap_or_else(|| panic!("no result for {request}"));
+    assert_eq!(result["data"]["error"], Value::Null, "{result}");
+    assert_eq!(result["data"]["bytes_out"].as_u64(), Some(r.body.len() as u64), "{result}");
 
     // Recorded: method, path, status, bytes and what was masked where.
     let events = sessions_events(&s.gw, "app");
@@ -307,6 +317,7 @@ fn responses_are_masked_json_gzip_and_text() {
         .find(|e| e["kind"] == "request.result" && e["data"]["request_seq"] == request["seq"])
         .unwrap_or_else(|| panic!("no result for {request}"));
     assert_eq!(result["data"]["command"], "200");
+    assert_eq!(result["data"]["error"], Value::Null, "the masked answer was delivered whole: {result}");
     assert!(result["data"]["bytes_out"].as_u64().unwrap() > 100);
     assert_eq!(result["data"]["masked"]["$.customers[*].email"]["email"], 2, "{result}");
     assert_eq!(result["data"]["masked"]["$.customers[*].address"]["rule"], 2, "{result}");
@@ -347,6 +358,13 @@ fn a_large_download_streams_in_bounded_memory() {
         .output()
         .unwrap();
     assert_eq!(stdout(&out), format!("200 {size}"), "{}", stderr(&out));
+    let events = sessions_events(&s.gw, "app");
+    let result = events.iter().rev().find(|e| e["kind"] == "request.result").unwrap();
+    assert_eq!(
+        (&result["data"]["error"], result["data"]["bytes_out"].as_u64()),
+        (&Value::Null, Some(size)),
+        "{result}"
+    );
     let grown = peak_rss_kib(&s.gw).saturating_sub(before);
     eprintln!("the gateway's peak memory grew by {grown} KiB for a 1 GiB download");
     assert!(grown < 64 * 1024, "the gateway's peak memory grew by {grown} KiB for a 1 GiB download");
