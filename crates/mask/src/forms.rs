@@ -32,10 +32,15 @@ fn email(value: &str) -> String {
         return "***".to_owned();
     };
     let mut chars = local.chars();
-    match (chars.next(), chars.next()) {
-        (Some(first), Some(_)) if first.is_alphanumeric() => format!("{first}***@{domain}"),
-        _ => format!("***@{domain}"),
+    let mut out = String::with_capacity(domain.len() + 8);
+    if let (Some(first), Some(_)) = (chars.next(), chars.next())
+        && first.is_alphanumeric()
+    {
+        out.push(first);
     }
+    out.push_str("***@");
+    out.push_str(domain);
+    out
 }
 
 /// Every ASCII digit but the last `keep` becomes `*`; separators stay.

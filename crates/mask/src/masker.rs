@@ -1,7 +1,6 @@
 //! The masker: detectors compiled once, applied to any number of texts.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 
@@ -228,20 +227,23 @@ impl Masker {
             return Vec::new();
         }
         cands.sort_by_key(|c| (c.slot, std::cmp::Reverse(c.end - c.start), c.start, c.sub));
-        // Taken spans: start → (end, candidate), disjoint.
-        let mut taken: BTreeMap<usize, (usize, Cand)> = BTreeMap::new();
+        // Taken spans, disjoint, in text order (few: a sorted vector beats a map).
+        let mut taken: Vec<Cand> = Vec::with_capacity(cands.len());
         for c in cands {
             if c.start >= c.end || text.get(c.start..c.end).is_none() {
                 continue;
             }
-            let overlaps = taken.range(..c.end).next_back().is_some_and(|(_, (end, _))| *end > c.start);
-            if !overlaps {
-                taken.insert(c.start, (c.end, c));
+            // The first taken span starting at or after this one's start, and the one before.
+            let at = taken.partition_point(|t| t.start < c.start);
+            let before_ends_inside = at > 0 && taken[at - 1].end > c.start;
+            let next_starts_inside = taken.get(at).is_some_and(|t| t.start < c.end);
+            if !before_ends_inside && !next_starts_inside {
+                taken.insert(at, c);
             }
         }
         taken
-            .into_values()
-            .filter_map(|(_, c)| {
+            .into_iter()
+            .filter_map(|c| {
                 let value = &text[c.start..c.end];
                 let masked = render(c.form, value);
                 (masked != value).then_some((c, masked))

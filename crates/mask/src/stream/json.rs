@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::path::{JsonPath, Step, path_string};
+use super::path::{JsonPath, Step, write_path};
 use crate::{Counts, MaskError, Masker, WHOLE_MASK};
 
 /// What was masked in one JSON document: per location — the path with `[*]` for array elements,
@@ -43,15 +43,30 @@ impl MaskTally {
 
     /// Adds `n` values masked by `detector` at `path`. Adding 0 records nothing.
     pub fn add(&mut self, path: &str, detector: &str, n: u64) {
-        if n > 0 {
-            self.0.entry(path.to_owned()).or_default().add(detector, n);
+        if n == 0 {
+            return;
+        }
+        // Looked up first: a location is usually added to many times, its key allocated once.
+        match self.0.get_mut(path) {
+            Some(counts) => counts.add(detector, n),
+            None => {
+                let mut counts = Counts::new();
+                counts.add(detector, n);
+                self.0.insert(path.to_owned(), counts);
+            }
         }
     }
 
     /// Adds every count of `counts` at `path`.
     pub fn add_counts(&mut self, path: &str, counts: &Counts) {
-        if !counts.is_empty() {
-            self.0.entry(path.to_owned()).or_default().merge(counts);
+        if counts.is_empty() {
+            return;
+        }
+        match self.0.get_mut(path) {
+            Some(have) => have.merge(counts),
+            None => {
+                self.0.insert(path.to_owned(), counts.clone());
+            }
         }
     }
 
@@ -79,13 +94,6 @@ impl MaskTally {
     /// The underlying map, location → counts.
     pub fn as_map(&self) -> &BTreeMap<String, Counts> {
         &self.0
-    }
-
-    /// Records `counts` at a location already written out.
-    fn record(&mut self, path: String, counts: &Counts) {
-        if !counts.is_empty() {
-            self.0.entry(path).or_default().merge(counts);
-        }
     }
 }
 
@@ -178,6 +186,7 @@ impl JsonMasker {
             skip: None,
             token: Vec::new(),
             scratch: String::new(),
+            at: String::new(),
             lex: StrLex::default(),
             offset: 0,
             tally: MaskTally::new(),
@@ -218,6 +227,8 @@ pub struct JsonStream {
     token: Vec<u8>,
     /// The current string decoded, when it has escapes.
     scratch: String,
+    /// Where a value was masked, written out for the tally (kept to reuse its buffer).
+    at: String,
     lex: StrLex,
     /// Bytes consumed by earlier calls to `push`.
     offset: u64,
@@ -349,6 +360,11 @@ impl Fault {
             Fault::Limit(reason) => MaskError::JsonLimit { offset, reason },
         }
     }
+}
+
+/// A string byte that changes nothing in the lexer's state: printable ASCII but `"` and `\\`.
+fn is_plain(b: u8) -> bool {
+    (0x20..0x80).contains(&b) && b != b'"' && b != b'\\'
 }
 
 fn is_ws(b: u8) -> bool {
@@ -507,19 +523,14 @@ impl JsonStream {
         }
     }
 
-    /// The path to the value about to start (or being read).
-    fn path(&self) -> &[Step] {
-        self.steps.get(..self.open.len()).unwrap_or(&[])
-    }
-
     /// The first byte of a value: checks the rules, then starts the token.
     fn start_value(&mut self, b: u8, out: &mut Vec<u8>) -> Result<(), Fault> {
         if self.skip.is_none() && !self.rules.is_empty() {
-            let path = self.path();
+            let path = self.steps.get(..self.open.len()).unwrap_or(&[]);
             if self.rules.iter().any(|r| r.matches(path)) {
                 write_json_string(out, WHOLE_MASK);
-                let at = path_string(path);
-                self.tally.add(&at, MaskTally::RULE, 1);
+                write_path(&mut self.at, path);
+                self.tally.add(&self.at, MaskTally::RULE, 1);
                 self.skip = Some(self.open.len());
             }
         }
@@ -608,7 +619,8 @@ impl JsonStream {
             match self.masker.as_ref().map(|m| m.mask(text)).filter(|m| m.is_changed()) {
                 Some(masked) => {
                     write_json_string(out, masked.text());
-                    self.tally.record(path_string(self.path()), masked.counts());
+                    write_path(&mut self.at, self.steps.get(..self.open.len()).unwrap_or(&[]));
+                    self.tally.add_counts(&self.at, masked.counts());
                 }
                 None => out.extend_from_slice(&self.token),
             }
@@ -628,8 +640,16 @@ impl JsonStream {
         let start = *i;
         let mut closed = false;
         while *i < chunk.len() {
-            let b = chunk[*i];
             let lex = &mut self.lex;
+            if lex.need == 0 && lex.esc == Esc::None && !lex.need_low {
+                // Most of a string is plain ASCII, which needs no state: skip it in one run.
+                let plain = chunk[*i..].iter().position(|&b| !is_plain(b)).unwrap_or(chunk.len() - *i);
+                *i += plain;
+                if *i == chunk.len() {
+                    break;
+                }
+            }
+            let b = chunk[*i];
             if lex.need > 0 {
                 if b < lex.lo || b > lex.hi {
                     return Err(BAD_UTF8);
@@ -743,8 +763,8 @@ impl JsonStream {
             let masked = masker.mask(text);
             if masked.is_changed() {
                 write_json_string(out, masked.text());
-                let at = path_string(self.steps.get(..self.open.len()).unwrap_or(&[]));
-                self.tally.record(at, masked.counts());
+                write_path(&mut self.at, self.steps.get(..self.open.len()).unwrap_or(&[]));
+                self.tally.add_counts(&self.at, masked.counts());
             } else {
                 write_quoted_raw(out, &self.token);
             }

@@ -233,20 +233,27 @@ fn write_name(out: &mut impl fmt::Write, name: &str) -> fmt::Result {
 
 /// The location `path` written as a path, elements as `[*]`: `$.items[*].card`. This is how
 /// [`MaskTally`](crate::MaskTally) names where values were masked.
+#[cfg(test)]
 pub(crate) fn path_string(path: &[Step]) -> String {
-    let mut s = String::with_capacity(1 + path.len() * 8);
+    let mut s = String::new();
+    write_path(&mut s, path);
+    s
+}
+
+/// Writes the location `path` into `s`, replacing what it held (see `path_string`).
+pub(crate) fn write_path(s: &mut String, path: &[Step]) {
+    s.clear();
     s.push('$');
     for step in path {
         // Writing to a String cannot fail.
         let _ = match step {
-            Step::Key(k) => write_name(&mut s, k),
+            Step::Key(k) => write_name(s, k),
             Step::Index => {
                 s.push_str("[*]");
                 Ok(())
             }
         };
     }
-    s
 }
 
 impl fmt::Display for JsonPath {
