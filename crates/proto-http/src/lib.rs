@@ -217,8 +217,7 @@ fn bearer(req: &Request<Incoming>) -> Result<String, Refusal> {
 }
 
 fn token_key(token: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()))
 }
 
 /// The session for this token and connection on this caller connection, opened at first use

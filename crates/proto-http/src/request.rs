@@ -109,7 +109,7 @@ fn digest(method: &Method, path: &str, query: Option<&str>, body: Option<&[u8]>)
         ctx.update(b"\0body\0");
         ctx.update(body);
     }
-    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(ctx.finish())
 }
 
 /// Segments that look like ids (they hold a digit) become `?`, so requests group by shape.
@@ -453,4 +453,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_are_the_sha256_hex_of_the_request() {
+        // As Python's hashlib computes them.
+        assert_eq!(
+            digest(&Method::GET, "/v1/invoices", Some("a=1"), None),
+            "f09f35e00411b05196b146ea9a408432ff4c13524aff752d339f070ae0bd8941"
+        );
+        assert_eq!(
+            digest(&Method::POST, "/v1/x", None, Some(b"{}")),
+            "306055a208c305235bd117c47708c0c5fa9966c26a00791229e45e5f615fc765"
+        );
+    }
 }
