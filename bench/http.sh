@@ -33,31 +33,7 @@ NGINX_PORT=$(free_port); HAPROXY_PORT=$(free_port); API_PORT=$(free_port); PG_LI
 HTTP_PORT=$(free_port)
 
 echo "== nginx on $NGINX_PORT"
-mkdir -p "$TMP/nginx/www/v1" "$TMP/nginx/logs"
-python3 - "$TMP/nginx/www/v1/customers.json" <<'PY'
-import json, sys
-customers = [{"id": i, "name": f"Customer {i}", "email": f"user{i}@example.com", "city": "Oslo"} for i in range(20)]
-json.dump({"customers": customers, "total": len(customers)}, open(sys.argv[1], "w"))
-PY
-cat >"$TMP/nginx/nginx.conf" <<CONF
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    default_type application/json;
-    types { application/json json; }
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        root $TMP/nginx/www;
-    }
-}
-CONF
-nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' &
-pids+=($!)
-wait_port "$NGINX_PORT"
+start_nginx "$NGINX_PORT"
 
 echo "== haproxy (HTTP mode) on $HAPROXY_PORT"
 cat >"$TMP/haproxy.cfg" <<CONF

@@ -1,5 +1,5 @@
 # Shared by the benchmark scripts (sourced, not run): installing what they need, a temporary
-# directory cleaned up on exit, free loopback ports, and starting PostgreSQL and Gatehouse.
+# directory cleaned up on exit, free loopback ports, and starting nginx, PostgreSQL and Gatehouse.
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -53,6 +53,36 @@ bench_cleanup() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+# start_nginx PORT: nginx (Debian's) on loopback serving, from $TMP/nginx/www,
+# /v1/customers.json: 20 customers with an email address each (1.6 KB of JSON).
+start_nginx() {
+    mkdir -p "$TMP/nginx/www/v1" "$TMP/nginx/logs"
+    python3 - "$TMP/nginx/www/v1/customers.json" <<'PY'
+import json, sys
+customers = [{"id": i, "name": f"Customer {i}", "email": f"user{i}@example.com", "city": "Oslo"} for i in range(20)]
+json.dump({"customers": customers, "total": len(customers)}, open(sys.argv[1], "w"))
+PY
+    cat >"$TMP/nginx/nginx.conf" <<CONF
+worker_processes 1;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    default_type application/json;
+    types { application/json json; }
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$1;
+        root $TMP/nginx/www;
+    }
+}
+CONF
+    PATH=$PATH:/usr/sbin nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' &
+    pids+=($!)
+    wait_port "$1"
+}
 
 # start_postgres PORT MAX_CONNECTIONS SCALE: a throwaway PostgreSQL in $TMP/pg (trust auth, fsync
 # off), initialised for pgbench at SCALE.
