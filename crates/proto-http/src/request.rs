@@ -326,7 +326,7 @@ where
         finish_with(None, "the connection has no URL".into());
         return Err(Refusal::unavailable(format!("connection {:?} has no URL", session.connection)));
     };
-    let client = shared
+    let upstream = shared
         .upstreams
         .clients
         .get(base, target.ca_file.as_deref(), shared.config.connect_timeout, shared.config.read_timeout)
@@ -344,12 +344,7 @@ where
         // Only encodings the gateway can decode to mask.
         headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, deflate, br"));
     }
-    let url = format!(
-        "{}{}{}",
-        base.trim_end_matches('/'),
-        routed.encoded,
-        query.map(|q| format!("?{q}")).unwrap_or_default()
-    );
+    let url = upstream.url(&routed.encoded, query.as_deref());
     let bytes_in = Arc::new(AtomicU64::new(0));
     let sample_bytes = shared.config.sample_bytes;
     let sampler = (sample_bytes > 0).then(|| Sampler::new(sample_bytes, masks.text.clone()));
@@ -376,7 +371,7 @@ where
             reqwest::Body::wrap_stream(stream)
         }
     };
-    let response = match client.request(method.clone(), &url).headers(headers).body(body).send().await {
+    let response = match upstream.client.request(method.clone(), url).headers(headers).body(body).send().await {
         Ok(r) => r,
         Err(e) => {
             let why = format!("the upstream did not answer: {}", error_chain(&e));

@@ -75,7 +75,7 @@ pub(crate) async fn open<P: Pipeline>(
         finish(None, Some("the connection has no URL".into()), 0, 0);
         return Err(Refusal::unavailable(format!("connection {:?} has no URL", session.connection)));
     };
-    let client = shared
+    let upstream = shared
         .upstreams
         .clients
         .get(base, target.ca_file.as_deref(), shared.config.connect_timeout, shared.config.read_timeout)
@@ -86,13 +86,8 @@ pub(crate) async fn open<P: Pipeline>(
     if let Some(upgrade) = parts.headers.get(header::UPGRADE) {
         headers.insert(header::UPGRADE, upgrade.clone());
     }
-    let url = format!(
-        "{}{}{}",
-        base.trim_end_matches('/'),
-        routed.encoded,
-        query.map(|q| format!("?{q}")).unwrap_or_default()
-    );
-    let response = match client.get(&url).version(http::Version::HTTP_11).headers(headers).send().await {
+    let url = upstream.url(&routed.encoded, query.as_deref());
+    let response = match upstream.client.get(url).version(http::Version::HTTP_11).headers(headers).send().await {
         Ok(r) => r,
         Err(e) => {
             let why = format!("the upstream did not answer: {e}");

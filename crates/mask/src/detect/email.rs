@@ -98,8 +98,7 @@ fn local_start(text: &[u8], from: usize, p: usize) -> Option<usize> {
 /// top-level domain. As the regex does, takes as many labels as there are (greedy), giving
 /// them back one at a time until a top-level domain follows; the `xn--` form is tried first.
 fn domain_end(text: &[u8], d: usize) -> Option<usize> {
-    // Where a top-level domain may start: after each label and its dot.
-    let mut after_labels: Vec<usize> = Vec::new();
+    // Past as many labels as there are, each followed by its dot.
     let mut i = d;
     loop {
         let n = run(text, i, is_label);
@@ -111,9 +110,17 @@ fn domain_end(text: &[u8], d: usize) -> Option<usize> {
             break;
         }
         i += n + 1;
-        after_labels.push(i);
     }
-    after_labels.iter().rev().find_map(|&t| top_level_end(text, t))
+    // A top-level domain may start after each of those dots, the last one first.
+    let mut end = i;
+    while end > d {
+        if let Some(found) = top_level_end(text, end) {
+            return Some(found);
+        }
+        // Back to just after the dot before: the dot ending the label before this one.
+        end = text[d..end - 1].iter().rposition(|&b| b == b'.').map_or(d, |k| d + k + 1);
+    }
+    None
 }
 
 /// Where a top-level domain starting at `t` ends: `xn--` and at least one label character, or
