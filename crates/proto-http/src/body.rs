@@ -99,17 +99,28 @@ impl Encoding {
 
 type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
+/// An upstream body as plain bytes, and its length when that is known in advance.
+pub struct Decoded {
+    stream: ByteStream,
+    /// The body's exact length as the upstream connection reads it (its `Content-Length`; 0 for
+    /// an answer that has no body, such as one to `HEAD`), when it is not encoded: then what is
+    /// read is the body.
+    length: Option<u64>,
+}
+
 /// The upstream body as plain bytes.
-pub fn decoded(upstream: reqwest::Response, encoding: Encoding) -> ByteStream {
+pub fn decoded(upstream: reqwest::Response, encoding: Encoding) -> Decoded {
     use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZlibDecoder};
     use tokio_util::io::{ReaderStream, StreamReader};
+    let length = upstream.content_length().filter(|_| encoding == Encoding::Identity);
     let raw = upstream.bytes_stream().map_err(std::io::Error::other);
-    match encoding {
+    let stream: ByteStream = match encoding {
         Encoding::Identity => Box::pin(raw),
         Encoding::Gzip => Box::pin(ReaderStream::new(GzipDecoder::new(StreamReader::new(raw)))),
         Encoding::Deflate => Box::pin(ReaderStream::new(ZlibDecoder::new(StreamReader::new(raw)))),
         Encoding::Brotli => Box::pin(ReaderStream::new(BrotliDecoder::new(StreamReader::new(raw)))),
-    }
+    };
+    Decoded { stream, length }
 }
 
 /// Records how a forwarded request ended.
@@ -160,8 +171,10 @@ pub struct Relayed {
     bytes_in: Arc<AtomicU64>,
     /// Bytes read from `inner` (decoded, not yet masked).
     received: u64,
-    /// The length `inner` announced (the upstream's `Content-Length`, when it is not encoded):
-    /// once that much is in, the body is complete without waiting for the stream to say so.
+    /// The length of `inner`, when it is known ([`Decoded`]): once that much is in, the body
+    /// ends with its last bytes, and is recorded. The caller's connection, which knows the
+    /// length too, may stop reading there and drop the body; and a masked body's last chunk and
+    /// its end go out together.
     length: Option<u64>,
     bytes_out: u64,
     done: bool,
@@ -172,7 +185,7 @@ pub struct Relayed {
 
 impl Relayed {
     pub fn new(
-        inner: ByteStream,
+        inner: Decoded,
         masker: Option<BodyMasker>,
         finisher: Finisher,
         started: Instant,
@@ -181,28 +194,19 @@ impl Relayed {
         sampler: Option<Sampler>,
     ) -> Relayed {
         Relayed {
-            inner,
+            inner: inner.stream,
             masker,
             finisher: Some(finisher),
             started,
             status,
             bytes_in,
             received: 0,
-            length: None,
+            length: inner.length,
             bytes_out: 0,
             done: false,
             sampler,
             response_sample: Vec::new(),
         }
-    }
-
-    /// The body ends after `length` bytes of `inner`, if that is known: the upstream's
-    /// `Content-Length` of a body that is not encoded. The body then ends, and is recorded, with
-    /// its last bytes: the caller's connection, which knows the length too, may stop reading it
-    /// there and drop it, and a masked body's last chunk and its end go out together.
-    pub fn ending_after(mut self, length: Option<u64>) -> Relayed {
-        self.length = length;
-        self
     }
 
     fn keep_sample(&mut self, out: &[u8]) {

@@ -411,12 +411,9 @@ where
     }
     let (pipeline, finished_session) = (shared.pipeline.clone(), session.clone());
     let finisher = Box::new(move |result: RequestResult| pipeline.finish(&finished_session, seq, result));
-    // The announced length of a body that is not encoded is the length of what is read.
-    let length = (!no_body && encoding == Encoding::Identity).then(|| response.content_length()).flatten();
-    let stream = crate::body::decoded(response, encoding);
-    let body = Relayed::new(stream, body_masker, finisher, started, status.as_u16(), bytes_in, sampler)
-        .ending_after(length)
-        .boxed_unsync();
+    let upstream_body = crate::body::decoded(response, encoding);
+    let body =
+        Relayed::new(upstream_body, body_masker, finisher, started, status.as_u16(), bytes_in, sampler).boxed_unsync();
     out.body(body).map_err(|e| Refusal::upstream(format!("the upstream's answer could not be relayed: {e}")))
 }
 

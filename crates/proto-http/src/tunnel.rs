@@ -102,7 +102,6 @@ pub(crate) async fn open<P: Pipeline>(
         // recorded like any answer once it ends.
         let (pipeline, session) = (shared.pipeline.clone(), session.clone());
         let finisher = Box::new(move |result: RequestResult| pipeline.finish(&session, seq, result));
-        let length = response.content_length();
         let body = crate::body::Relayed::new(
             crate::body::decoded(response, crate::body::Encoding::Identity),
             None,
@@ -111,8 +110,7 @@ pub(crate) async fn open<P: Pipeline>(
             status.as_u16(),
             Arc::default(),
             None,
-        )
-        .ending_after(length);
+        );
         let mut answer = Response::new(body.boxed_unsync());
         *answer.status_mut() = status;
         *answer.headers_mut() = out_headers;

@@ -362,6 +362,12 @@ impl Fault {
     }
 }
 
+/// The path to the value about to start (or being read): the steps of the `depth` open
+/// containers. (A free function, so the tally's buffer can be borrowed beside it.)
+fn open_path(steps: &[Step], depth: usize) -> &[Step] {
+    steps.get(..depth).unwrap_or(&[])
+}
+
 /// A string byte that changes nothing in the lexer's state: printable ASCII but `"` and `\\`.
 fn is_plain(b: u8) -> bool {
     (0x20..0x80).contains(&b) && b != b'"' && b != b'\\'
@@ -526,7 +532,7 @@ impl JsonStream {
     /// The first byte of a value: checks the rules, then starts the token.
     fn start_value(&mut self, b: u8, out: &mut Vec<u8>) -> Result<(), Fault> {
         if self.skip.is_none() && !self.rules.is_empty() {
-            let path = self.steps.get(..self.open.len()).unwrap_or(&[]);
+            let path = open_path(&self.steps, self.open.len());
             if self.rules.iter().any(|r| r.matches(path)) {
                 write_json_string(out, WHOLE_MASK);
                 write_path(&mut self.at, path);
@@ -619,7 +625,7 @@ impl JsonStream {
             match self.masker.as_ref().map(|m| m.mask(text)).filter(|m| m.is_changed()) {
                 Some(masked) => {
                     write_json_string(out, masked.text());
-                    write_path(&mut self.at, self.steps.get(..self.open.len()).unwrap_or(&[]));
+                    write_path(&mut self.at, open_path(&self.steps, self.open.len()));
                     self.tally.add_counts(&self.at, masked.counts());
                 }
                 None => out.extend_from_slice(&self.token),
@@ -763,7 +769,7 @@ impl JsonStream {
             let masked = masker.mask(text);
             if masked.is_changed() {
                 write_json_string(out, masked.text());
-                write_path(&mut self.at, self.steps.get(..self.open.len()).unwrap_or(&[]));
+                write_path(&mut self.at, open_path(&self.steps, self.open.len()));
                 self.tally.add_counts(&self.at, masked.counts());
             } else {
                 write_quoted_raw(out, &self.token);
