@@ -620,9 +620,11 @@ impl Pipeline for DataPath {
     }
 
     fn finish(&self, session: &OpenedSession, seq: i64, result: RequestResult) {
+        let mut masked: u64 = 0;
         for by_detector in result.masked.values() {
             for (detector, n) in by_detector {
                 self.app.metrics.masked(detector, *n);
+                masked = masked.saturating_add(*n);
             }
         }
         let event = ResultEvent {
@@ -646,7 +648,6 @@ impl Pipeline for DataPath {
                 return;
             }
         };
-        let masked: u64 = result.masked.values().flat_map(|by_detector| by_detector.values()).sum();
         let entry = Entry::result(&session.id, payload, i64::try_from(masked).unwrap_or(i64::MAX));
         if let Err(e) = self.app.audit.record_detached(vec![entry]) {
             tracing::error!(session = %session.id, error = %e, "a request result could not be recorded");
