@@ -164,6 +164,22 @@ PY
 # cpu_ticks PID: the CPU time (user + system, in clock ticks) the process has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# cpu_split PID...: the CPU time the processes have used so far, in clock ticks, as
+# "user system recording". Recording is the user + system time of Gatehouse's audit threads
+# (audit-import moves journaled events into the store, audit-fsync forces them to disk), which
+# live as long as the server; the rest of Gatehouse's time is its request path.
+cpu_split() {
+    local p t
+    for p in "$@"; do
+        sed 's/^.*) //' "/proc/$p/stat" | awk '{print "all", $12, $13}'
+        for t in /proc/"$p"/task/*; do
+            case $(cat "$t/comm" 2>/dev/null) in
+                audit-import | audit-fsync) sed 's/^.*) //' "$t/stat" 2>/dev/null | awk '{print "rec", $12, $13}' ;;
+            esac
+        done
+    done | awk '$1 == "all" {u += $2; s += $3} $1 == "rec" {r += $2 + $3} END {print u + 0, s + 0, r + 0}'
+}
+
 # ctx_switches PID: the context switches (voluntary and not) of the process's threads so far.
 # Threads that ended are no longer counted: read it around a window in which none do.
 ctx_switches() {

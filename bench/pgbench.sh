@@ -3,8 +3,10 @@
 # mode) in the same run. Starts its own PostgreSQL, pgbouncer and Gatehouse on loopback ports
 # picked at run time, TLS off on every path, recording on in Gatehouse. Runs `pgbench -S` in the
 # simple and the extended protocol at each client count, best of RUNS runs per path, and prints
-# TPS, average latency, the CPU and the context switches each proxy (pgbouncer, Gatehouse) spent
-# per transaction, and the ratios Gatehouse/direct and Gatehouse/pgbouncer. It starts by
+# TPS, average latency, the CPU each proxy (pgbouncer, Gatehouse) spent per transaction (and the
+# kernel's part of it, and for Gatehouse its recording threads' part) and its context switches,
+# the ratios Gatehouse/direct and Gatehouse/pgbouncer, and the two proxies' CPU per transaction
+# side by side: on a machine whose cores are all busy, that sets the ratio of their tps. It starts by
 # printing what this machine charges for a wake-up round trip and for forcing a write to disk,
 # the two costs that set how far any recording proxy can go.
 #
@@ -89,15 +91,17 @@ run_one() {
         gatehouse) PGPASSWORD=$BENCH_TOKEN PGSSLMODE=disable pgbench "${args[@]}" -h 127.0.0.1 -p "$GW_PORT" -U bench bench ;;
     esac 2>&1
 }
-# best_of MODE CLIENTS TARGET → "tps latency_ms proxy_cpu_us proxy_switches"
+# best_of MODE CLIENTS TARGET → "tps latency_ms cpu_us kernel_us recording_us switches" (the
+# proxy's figures per transaction, "-" for a direct connection)
 best_of() {
-    local best_tps=0 best_lat=0 out tps lat ticks=0 switches=0 tx=0 before_ticks before_switches pid=
+    local best_tps=0 best_lat=0 out tps lat tx=0 pid= u s r u0 s0 r0 user=0 sys=0 rec=0 switches=0 before_switches
     case $3 in pgbouncer) pid=$BOUNCER_PID ;; gatehouse) pid=$GW_PID ;; esac
     for _ in $(seq 1 "$RUNS"); do
-        if [ -n "$pid" ]; then before_ticks=$(cpu_ticks "$pid"); before_switches=$(ctx_switches "$pid"); fi
+        if [ -n "$pid" ]; then read -r u0 s0 r0 < <(cpu_split "$pid"); before_switches=$(ctx_switches "$pid"); fi
         out=$(run_one "$@")
         if [ -n "$pid" ]; then
-            ticks=$(( ticks + $(cpu_ticks "$pid") - before_ticks ))
+            read -r u s r < <(cpu_split "$pid")
+            user=$(( user + u - u0 )); sys=$(( sys + s - s0 )); rec=$(( rec + r - r0 ))
             switches=$(( switches + $(ctx_switches "$pid") - before_switches ))
         fi
         tx=$(( tx + $(awk -F': ' '/^number of transactions actually processed/ {print $2 + 0; exit}' <<<"$out") ))
@@ -106,35 +110,42 @@ best_of() {
         if [ -z "$tps" ]; then echo "pgbench failed ($*):" >&2; echo "$out" >&2; exit 1; fi
         if awk -v a="$tps" -v b="$best_tps" 'BEGIN {exit !(a > b)}'; then best_tps=$tps; best_lat=$lat; fi
     done
-    # The proxy's CPU (user + system) and context switches per transaction over all the runs,
-    # while it carried them.
-    local cpu=- per_tx=-
+    # The proxy's CPU (user + system), the kernel's part of it, its recording threads' part,
+    # and its context switches, per transaction over all the runs, while it carried them.
+    local per_tx="- - - -"
     if [ -n "$pid" ]; then
-        cpu=$(awk -v t="$ticks" -v n="$tx" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f", t / hz * 1e6 / n}')
-        per_tx=$(awk -v s="$switches" -v n="$tx" 'BEGIN {printf "%.1f", s / n}')
+        per_tx=$(awk -v u="$user" -v s="$sys" -v r="$rec" -v w="$switches" -v n="$tx" -v hz="$(getconf CLK_TCK)" \
+            'BEGIN {f = 1e6 / hz / n; printf "%.0f %.0f %.0f %.1f", (u + s) * f, s * f, r * f, w / n}')
     fi
-    echo "$best_tps $best_lat $cpu $per_tx"
+    echo "$best_tps $best_lat $per_tx"
 }
 
-printf '\n%-9s %7s %-10s %12s %12s %14s %16s\n' mode clients path tps latency_ms proxy_cpu_us proxy_switches
+printf '\n%-9s %7s %-10s %8s %11s %12s %10s %13s %9s\n' mode clients path tps latency_ms proxy_cpu_us kernel_us recording_us switches
 results=()
+budget=()
 for mode in simple extended; do
     for c in $CLIENTS; do
-        declare -A tps=() lat=()
+        declare -A tps=() lat=() cpu=() kernel=()
         for target in direct pgbouncer gatehouse; do
-            read -r t l u w < <(best_of "$mode" "$c" "$target")
-            tps[$target]=$t; lat[$target]=$l
-            printf '%-9s %7s %-10s %12.0f %12.3f %14s %16s\n' "$mode" "$c" "$target" "$t" "$l" "$u" "$w"
+            read -r t l u k r w < <(best_of "$mode" "$c" "$target")
+            tps[$target]=$t; lat[$target]=$l; cpu[$target]=$u; kernel[$target]=$k
+            printf '%-9s %7s %-10s %8.0f %11.3f %12s %10s %13s %9s\n' "$mode" "$c" "$target" "$t" "$l" "$u" "$k" "$r" "$w"
         done
         results+=("$(awk -v m="$mode" -v c="$c" -v gt="${tps[gatehouse]}" -v dt="${tps[direct]}" -v bt="${tps[pgbouncer]}" \
             -v gl="${lat[gatehouse]}" -v dl="${lat[direct]}" -v bl="${lat[pgbouncer]}" 'BEGIN {
             printf "%-9s %7s  gatehouse/direct tps %.2f  gatehouse/pgbouncer tps %.2f  added latency vs direct %.1f us, vs pgbouncer %.1f us",
                 m, c, gt/dt, gt/bt, (gl-dl)*1000, (gl-bl)*1000 }')")
-        unset tps lat
+        budget+=("$(printf '%-9s %7s  CPU per transaction: gatehouse %s us (%s in the kernel), pgbouncer %s us (%s in the kernel)' \
+            "$mode" "$c" "${cpu[gatehouse]}" "${kernel[gatehouse]}" "${cpu[pgbouncer]}" "${kernel[pgbouncer]}")")
+        unset tps lat cpu kernel
     done
 done
 echo
 printf '%s\n' "${results[@]}"
+echo
+echo "When client, server and proxy keep every core busy, tps goes as the inverse of the CPU the three"
+echo "spend per transaction: to match pgbouncer's tps there, Gatehouse may spend no more than pgbouncer."
+printf '%s\n' "${budget[@]}"
 if [ "${MASKING:-1}" != 0 ]; then
     echo
     echo "== masking: SELECT * of a 10-column, 100000-row table with emails and card numbers (best of $RUNS)"
