@@ -151,39 +151,47 @@ impl Masker {
     /// Masks every value found in `text`. When nothing is masked the result borrows `text` and
     /// nothing is allocated.
     pub fn mask<'a>(&self, text: &'a str) -> Masked<'a> {
+        let mut counts = Counts::new();
+        let text = self.mask_counted(text, |detector| counts.add(detector, 1));
+        Masked { text, counts }
+    }
+
+    /// [`Masker::mask`] that reports each masked value to `counted` (with its detector's name,
+    /// in text order) rather than gathering a [`Counts`]: for a caller that tallies values its
+    /// own way, such as per location in a document, without a map per text.
+    pub fn mask_counted<'a>(&self, text: &'a str, mut counted: impl FnMut(&str)) -> Cow<'a, str> {
         let found = self.resolve(text);
         if found.is_empty() {
-            return Masked::unchanged(text);
+            return Cow::Borrowed(text);
         }
-        let mut counts = Counts::new();
-        let mut out = self.apply(text, found, &mut counts);
+        let mut out = self.apply(text, found, &mut counted);
         // A masked form keeps a few characters (the last digits of a number, …), which can form
         // a new value with what follows. Mask again until nothing changes, so masking is stable
         // and nothing detectable is left; if that does not settle, nothing of the text is kept.
         for _ in 0..MAX_PASSES {
             let found = self.resolve(&out);
             if found.is_empty() {
-                return Masked { text: Cow::Owned(out), counts };
+                return Cow::Owned(out);
             }
             // What later passes mask are pieces of values already counted, not new values.
-            let next = self.apply(&out, found, &mut Counts::new());
+            let next = self.apply(&out, found, &mut |_: &str| {});
             if next == out {
-                return Masked { text: Cow::Owned(out), counts };
+                return Cow::Owned(out);
             }
             out = next;
         }
-        Masked { text: Cow::Owned(crate::mask_whole(text)), counts }
+        Cow::Owned(crate::mask_whole(text))
     }
 
-    /// `text` with the values `found` in it replaced by their masked forms, counted.
-    fn apply(&self, text: &str, found: Vec<(Cand, String)>, counts: &mut Counts) -> String {
+    /// `text` with the values `found` in it replaced by their masked forms, each counted.
+    fn apply(&self, text: &str, found: Vec<(Cand, String)>, counted: &mut impl FnMut(&str)) -> String {
         let mut out = String::with_capacity(text.len() + 16);
         let mut copied = 0;
         for (cand, masked) in found {
             out.push_str(&text[copied..cand.start]);
             out.push_str(&masked);
             copied = cand.end;
-            counts.add(&self.slots[cand.slot].name, 1);
+            counted(&self.slots[cand.slot].name);
         }
         out.push_str(&text[copied..]);
         out

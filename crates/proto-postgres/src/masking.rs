@@ -5,6 +5,7 @@
 //! breaks; a binary value the gateway cannot read (arrays, composites, ranges, …) becomes NULL
 //! too, since it cannot be checked.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -94,22 +95,15 @@ fn text_array_binary(v: &[u8], masker: &Masker) -> Option<(Vec<u8>, gatehouse_ma
 /// One value: what to send instead, if anything.
 fn mask_value(v: &[u8], column: Option<&Column>, masker: &Masker, tally: &mut Tally, name: &str) -> Value {
     let (oid, binary) = column.map_or((0, false), |c| (c.type_oid, c.format == 1));
-    let count = |counts: &gatehouse_mask::Counts, tally: &mut Tally| {
-        let entry = tally.entry(name.to_string()).or_default();
-        for (detector, n) in counts.iter() {
-            *entry.entry(detector.to_string()).or_default() += n;
-        }
-    };
     if !binary {
         // Text format: the client encoding is UTF-8 unless the caller chose otherwise; what
         // cannot be read cannot be checked.
         let Ok(text) = std::str::from_utf8(v) else { return Value::Null };
-        let masked = masker.mask(text);
-        if !masked.is_changed() {
-            return Value::Same;
-        }
-        count(masked.counts(), tally);
-        return if free_text(oid) || oid == 0 { Value::Text(masked.into_text().into_owned()) } else { Value::Null };
+        return match masker.mask_counted(text, |detector| add_count(tally, name, detector, 1)) {
+            Cow::Borrowed(_) => Value::Same,
+            Cow::Owned(masked) if free_text(oid) || oid == 0 => Value::Text(masked),
+            Cow::Owned(_) => Value::Null,
+        };
     }
     if opaque_binary(oid) {
         return Value::Same;
@@ -118,13 +112,11 @@ fn mask_value(v: &[u8], column: Option<&Column>, masker: &Masker, tally: &mut Ta
         // jsonb: a version byte, then its text.
         let Some((1, json)) = v.split_first() else { return Value::Null };
         let Ok(text) = std::str::from_utf8(json) else { return Value::Null };
-        let masked = masker.mask(text);
-        if !masked.is_changed() {
+        let Cow::Owned(masked) = masker.mask_counted(text, |detector| add_count(tally, name, detector, 1)) else {
             return Value::Same;
-        }
-        count(masked.counts(), tally);
+        };
         let mut out = String::from("\u{1}");
-        out.push_str(&masked.into_text());
+        out.push_str(&masked);
         return Value::Text(out);
     }
     if text_array(oid) {
@@ -133,7 +125,9 @@ fn mask_value(v: &[u8], column: Option<&Column>, masker: &Masker, tally: &mut Ta
                 if counts.is_empty() {
                     Value::Same
                 } else {
-                    count(&counts, tally);
+                    for (detector, n) in counts.iter() {
+                        add_count(tally, name, detector, n);
+                    }
                     Value::Bytes(out)
                 }
             }
@@ -146,19 +140,32 @@ fn mask_value(v: &[u8], column: Option<&Column>, masker: &Masker, tally: &mut Ta
         // Arrays, composites, ranges and types the gateway cannot read: what text they carry
         // is checked as it stands in the bytes; anything found makes the value NULL.
         let lossy = String::from_utf8_lossy(v);
-        let masked = masker.mask(&lossy);
-        if !masked.is_changed() {
-            return Value::Same;
-        }
-        count(masked.counts(), tally);
-        return Value::Null;
+        return match masker.mask_counted(&lossy, |detector| add_count(tally, name, detector, 1)) {
+            Cow::Borrowed(_) => Value::Same,
+            Cow::Owned(_) => Value::Null,
+        };
     };
-    let masked = masker.mask(&text);
-    if !masked.is_changed() {
-        return Value::Same;
+    match masker.mask_counted(&text, |detector| add_count(tally, name, detector, 1)) {
+        Cow::Borrowed(_) => Value::Same,
+        Cow::Owned(masked) if scalar_text => Value::Text(masked),
+        Cow::Owned(_) => Value::Null,
     }
-    count(masked.counts(), tally);
-    if scalar_text { Value::Text(masked.into_text().into_owned()) } else { Value::Null }
+}
+
+/// Adds `n` values of column `name` masked by `detector` to `tally`; the names are allocated
+/// only the first time they are counted.
+fn add_count(tally: &mut Tally, name: &str, detector: &str, n: u64) {
+    if !tally.contains_key(name) {
+        tally.insert(name.to_string(), BTreeMap::new());
+    }
+    if let Some(column) = tally.get_mut(name) {
+        match column.get_mut(detector) {
+            Some(have) => *have += n,
+            None => {
+                column.insert(detector.to_string(), n);
+            }
+        }
+    }
 }
 
 fn text_array(oid: u32) -> bool {
@@ -202,10 +209,11 @@ pub(crate) fn data_row(
         let end = at + len as usize;
         let v = body.get(at..end).ok_or("truncated DataRow")?;
         let column = columns.and_then(|c| c.get(i));
-        let name = column.map_or_else(|| format!("column {}", i + 1), |c| c.name.clone());
+        let name: Cow<'_, str> =
+            column.map_or_else(|| Cow::Owned(format!("column {}", i + 1)), |c| Cow::Borrowed(c.name.as_str()));
         let out = match (plan.get(i).copied().unwrap_or(ColumnMask::Detect), masker) {
             (ColumnMask::Whole, _) => {
-                *tally.entry(name).or_default().entry("column".to_string()).or_default() += 1;
+                add_count(tally, &name, "column", 1);
                 whole_value(column)
             }
             (ColumnMask::Detect, Some(m)) => mask_value(v, column, m, tally, &name),
@@ -309,18 +317,14 @@ pub(crate) fn notification(body: &[u8], masker: &Masker) -> Option<Bytes> {
 
 /// A `CopyData` row of a text or CSV `COPY … TO STDOUT`, masked, or `None` if unchanged.
 pub(crate) fn copy_data(body: &[u8], masker: &Masker, tally: &mut Tally) -> Option<Bytes> {
-    let masked = masker.mask(std::str::from_utf8(body).ok()?);
-    if !masked.is_changed() {
+    let text = std::str::from_utf8(body).ok()?;
+    let Cow::Owned(masked) = masker.mask_counted(text, |detector| add_count(tally, "copy", detector, 1)) else {
         return None;
-    }
-    let entry = tally.entry("copy".to_string()).or_default();
-    for (detector, n) in masked.counts().iter() {
-        *entry.entry(detector.to_string()).or_default() += n;
-    }
+    };
     let mut out = BytesMut::with_capacity(body.len() + 16);
     out.put_u8(b'd');
-    out.put_i32((masked.text().len() + 4) as i32);
-    out.put_slice(masked.text().as_bytes());
+    out.put_i32((masked.len() + 4) as i32);
+    out.put_slice(masked.as_bytes());
     Some(out.freeze())
 }
 
@@ -437,7 +441,7 @@ pub(crate) fn copy_row(
         let null = if plan.csv { field.is_empty() } else { *field == b"\\N" };
         match mask {
             ColumnMask::Whole if !null => {
-                *tally.entry(name.clone()).or_default().entry("column".to_string()).or_default() += 1;
+                add_count(tally, name, "column", 1);
                 changed = true;
                 match (free, plan.csv) {
                     (true, _) => out.extend_from_slice(b"****"),
@@ -447,15 +451,9 @@ pub(crate) fn copy_row(
             }
             ColumnMask::Detect if !null => match (masker, std::str::from_utf8(field)) {
                 (Some(m), Ok(text)) => {
-                    let masked = m.mask(text);
-                    if masked.is_changed() {
-                        changed = true;
-                        let entry = tally.entry(name.clone()).or_default();
-                        for (detector, n) in masked.counts().iter() {
-                            *entry.entry(detector.to_string()).or_default() += n;
-                        }
-                    }
-                    out.extend_from_slice(masked.text().as_bytes());
+                    let masked = m.mask_counted(text, |detector| add_count(tally, name, detector, 1));
+                    changed |= matches!(masked, Cow::Owned(_));
+                    out.extend_from_slice(masked.as_bytes());
                 }
                 (Some(_), Err(_)) => return Err("a COPY field is not UTF-8"),
                 (None, _) => out.extend_from_slice(field),

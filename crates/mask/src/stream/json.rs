@@ -2,6 +2,7 @@
 //! string (or number) token and the path to it, masks string values with a [`Masker`] and
 //! replaces values named by [`JsonPath`] rules whole, skipping their tokens as they come.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -368,6 +369,29 @@ fn open_path(steps: &[Step], depth: usize) -> &[Step] {
     steps.get(..depth).unwrap_or(&[])
 }
 
+/// Counts a value's masked parts at its location, whose path is written out only once
+/// something there is masked.
+struct Located<'s> {
+    at: &'s mut String,
+    tally: &'s mut MaskTally,
+    path: &'s [Step],
+    written: bool,
+}
+
+impl<'s> Located<'s> {
+    fn new(at: &'s mut String, tally: &'s mut MaskTally, path: &'s [Step]) -> Located<'s> {
+        Located { at, tally, path, written: false }
+    }
+
+    fn add(&mut self, detector: &str) {
+        if !self.written {
+            write_path(self.at, self.path);
+            self.written = true;
+        }
+        self.tally.add(self.at, detector, 1);
+    }
+}
+
 /// A string byte that changes nothing in the lexer's state: printable ASCII but `"` and `\\`.
 fn is_plain(b: u8) -> bool {
     (0x20..0x80).contains(&b) && b != b'"' && b != b'\\'
@@ -622,11 +646,14 @@ impl JsonStream {
         if self.skip.is_none() && self.numbers {
             // A number is ASCII.
             let text = std::str::from_utf8(&self.token).unwrap_or_default();
-            match self.masker.as_ref().map(|m| m.mask(text)).filter(|m| m.is_changed()) {
-                Some(masked) => {
-                    write_json_string(out, masked.text());
-                    write_path(&mut self.at, open_path(&self.steps, self.open.len()));
-                    self.tally.add_counts(&self.at, masked.counts());
+            match &self.masker {
+                Some(masker) => {
+                    let mut tally =
+                        Located::new(&mut self.at, &mut self.tally, open_path(&self.steps, self.open.len()));
+                    match masker.mask_counted(text, |detector| tally.add(detector)) {
+                        Cow::Owned(masked) => write_json_string(out, &masked),
+                        Cow::Borrowed(_) => out.extend_from_slice(&self.token),
+                    }
                 }
                 None => out.extend_from_slice(&self.token),
             }
@@ -766,13 +793,10 @@ impl JsonStream {
             } else {
                 std::str::from_utf8(&self.token).map_err(|_| BAD_UTF8)?
             };
-            let masked = masker.mask(text);
-            if masked.is_changed() {
-                write_json_string(out, masked.text());
-                write_path(&mut self.at, open_path(&self.steps, self.open.len()));
-                self.tally.add_counts(&self.at, masked.counts());
-            } else {
-                write_quoted_raw(out, &self.token);
+            let mut tally = Located::new(&mut self.at, &mut self.tally, open_path(&self.steps, self.open.len()));
+            match masker.mask_counted(text, |detector| tally.add(detector)) {
+                Cow::Owned(masked) => write_json_string(out, &masked),
+                Cow::Borrowed(_) => write_quoted_raw(out, &self.token),
             }
         } else {
             write_quoted_raw(out, &self.token);
