@@ -364,6 +364,21 @@ mod tests {
     }
 
     #[test]
+    fn mask_counted_reports_each_masked_value_in_text_order() {
+        let m = Masker::builtin().unwrap();
+        let mut seen = Vec::new();
+        let text = "card 4242 4242 4242 4242, mail jane@example.com, again bob@example.org";
+        let masked = m.mask_counted(text, |detector| seen.push(detector.to_string()));
+        assert_eq!(seen, ["credit_card", "email", "email"]);
+        assert_eq!(masked, m.mask(text).text());
+        assert!(!masked.contains("jane@") && !masked.contains("4242 4242 4242 4242"));
+
+        let mut none = 0;
+        assert!(matches!(m.mask_counted("nothing to see", |_| none += 1), Cow::Borrowed("nothing to see")));
+        assert_eq!(none, 0);
+    }
+
+    #[test]
     fn masker_is_send_sync() {
         fn check<T: Send + Sync + Clone>() {}
         check::<Masker>();
