@@ -82,9 +82,8 @@ fn text_array_binary(v: &[u8], masker: &Masker) -> Option<(Vec<u8>, gatehouse_ma
         at += len as usize;
         // jsonb elements carry a version byte before their text.
         let (prefix, text) = if element == 3802 { raw.split_first().map(|(p, t)| (Some(*p), t))? } else { (None, raw) };
-        let masked = masker.mask(std::str::from_utf8(text).ok()?);
-        counts += masked.counts().clone();
-        let body = masked.text().as_bytes();
+        let masked = masker.mask_counted(std::str::from_utf8(text).ok()?, |detector| counts.add(detector, 1));
+        let body = masked.as_bytes();
         out.extend_from_slice(&((body.len() + usize::from(prefix.is_some())) as i32).to_be_bytes());
         out.extend(prefix);
         out.extend_from_slice(body);
@@ -155,15 +154,15 @@ fn mask_value(v: &[u8], column: Option<&Column>, masker: &Masker, tally: &mut Ta
 /// Adds `n` values of column `name` masked by `detector` to `tally`; the names are allocated
 /// only the first time they are counted.
 fn add_count(tally: &mut Tally, name: &str, detector: &str, n: u64) {
-    if !tally.contains_key(name) {
-        tally.insert(name.to_string(), BTreeMap::new());
-    }
-    if let Some(column) = tally.get_mut(name) {
-        match column.get_mut(detector) {
+    match tally.get_mut(name) {
+        Some(column) => match column.get_mut(detector) {
             Some(have) => *have += n,
             None => {
                 column.insert(detector.to_string(), n);
             }
+        },
+        None => {
+            tally.insert(name.to_string(), BTreeMap::from([(detector.to_string(), n)]));
         }
     }
 }
